@@ -1,0 +1,45 @@
+"""``exdd`` command line: one sub-command module per concept, each with ``register``.
+
+Every ``ExddError`` becomes one line on stderr naming the file and the problem, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from exdd import __version__
+from exdd.errors import ExddError
+
+# Each module defines ``register(subparsers)``; its sub-commands set ``func(args) -> int``.
+COMMAND_MODULES = (
+    "exdd.cli.detector",
+    "exdd.cli.data",
+    "exdd.cli.synth",
+    "exdd.cli.intake",
+    "exdd.cli.mlops",
+    "exdd.cli.pipeline",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exdd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"exdd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ExddError as err:
+        print(f"exdd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

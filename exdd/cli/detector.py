@@ -1,0 +1,139 @@
+"""``exdd fit``, ``exdd evaluate`` and ``exdd predict``: the detector's command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from exdd.config import load_params
+from exdd.datasets import IMAGE_SUFFIXES, load_samples, read_image
+from exdd.errors import DataError
+from exdd.fsutil import atomic_dir, write_text_atomic
+from exdd.model import ExDD, data_fingerprint
+from exdd.modelio import write_annotation
+
+METRICS_FILE = "metrics.json"
+
+
+def _fit(args: argparse.Namespace) -> int:
+    params = load_params(args.config)
+    updates: dict[str, object] = {}
+    if args.backbone:
+        updates["backbone"] = args.backbone
+    if args.single_bank:
+        updates["single_bank"] = True
+    if args.scoring:
+        updates["scoring"] = args.scoring
+    model_cfg = params.model.model_validate({**params.model.model_dump(), **updates})
+    train = load_samples(args.data, "train")
+    synthetic = [s for d in args.synthetic or [] for s in load_samples(d) if s.label == 1]
+    if args.synthetic and not synthetic:
+        raise DataError(f"{', '.join(args.synthetic)}: no synthetic defect samples found")
+    model = ExDD(model_cfg, params.data).fit(train, synthetic)
+    digest = model.save(args.out)
+    print(f"model {digest[:12]} written to {args.out}: M_N {len(model.bank_normal_)} patches, "
+          f"M_P {len(model.bank_defect_)} patches")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from exdd.evaluate import evaluate
+
+    model = ExDD.load(args.model)
+    test = load_samples(args.data, "test")
+    metrics = evaluate(model, test)
+    metrics["benchmark_hash"] = data_fingerprint(test)
+    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    if args.json:
+        write_text_atomic(args.json, text)
+    write_annotation(args.model, METRICS_FILE, metrics)
+    if args.plots:
+        from exdd.visualize import plot_roc_pr
+
+        Path(args.plots).mkdir(parents=True, exist_ok=True)
+        plot_roc_pr(metrics, Path(args.plots) / "roc_pr.png")
+    keys = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
+    print("  ".join(f"{k} {metrics[k]:.4f}" for k in keys) + f"  n_test {metrics['n_test']}")
+    return 0
+
+
+def _collect_images(inputs: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                           and not f.stem.endswith("_GT"))
+            if not found:
+                raise DataError(f"{p}: folder holds no images")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise DataError(f"{p}: no such image or folder")
+    return paths
+
+
+def _threshold(model_dir: Path, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    metrics = model_dir / METRICS_FILE
+    return json.loads(metrics.read_text()).get("threshold") if metrics.exists() else None
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from exdd.visualize import save_overlay
+
+    model = ExDD.load(args.model)
+    paths = _collect_images(args.inputs)
+    pred = model.predict(paths)
+    threshold = _threshold(Path(args.model), args.threshold)
+    vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
+    h, w = model.data.image_height, model.data.image_width
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["image", "score", "flag", "threshold", "overlay"])
+    with atomic_dir(args.out) as staging:
+        for i, (path, score, amap) in enumerate(zip(paths, pred.scores, pred.maps)):
+            overlay = Path("overlays") / f"{i:05d}_{path.stem}.png"
+            save_overlay(staging / overlay, read_image(path, h, w), amap, vmin, vmax)
+            flag = "" if threshold is None else int(score >= threshold)
+            writer.writerow([str(path), repr(float(score)), flag,
+                             "" if threshold is None else threshold, str(overlay)])
+        (staging / "scores.csv").write_text(rows.getvalue())
+    flagged = int(np.sum(pred.scores >= threshold)) if threshold is not None else "n/a"
+    print(f"{len(paths)} images scored, {flagged} flagged; results in {args.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add fit, evaluate and predict."""
+    fit = sub.add_parser("fit", help="build the memory banks from a data set's train split")
+    fit.add_argument("--data", required=True, help="KSDD2-layout folder or manifest CSV")
+    fit.add_argument("--out", required=True, help="model directory to write")
+    fit.add_argument("--backbone", choices=["efficientnet_lite0", "wide_resnet50_2"])
+    fit.add_argument("--single-bank", action="store_true", help="PatchCore: no defect bank")
+    fit.add_argument("--scoring", choices=["reference", "calibrated"])
+    fit.add_argument("--synthetic", action="append", metavar="DIR",
+                     help="synthetic defect set for the positive bank (repeatable)")
+    fit.add_argument("--config", help="params.yaml to use")
+    fit.set_defaults(func=_fit)
+
+    ev = sub.add_parser("evaluate", help="metrics of a model on a data set's test split")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--json", help="write the metrics here too")
+    ev.add_argument("--plots", help="folder for the ROC/PR picture")
+    ev.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="score images; writes scores.csv and heatmap overlays")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--threshold", type=float, help="flag threshold (default: the model's F1-max)")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    pr.set_defaults(func=_predict)

@@ -1,0 +1,5 @@
+"""Placeholder: filled in by its owner."""
+
+
+def register(sub) -> None:
+    """Add this module's sub-commands."""

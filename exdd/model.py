@@ -1,0 +1,235 @@
+"""The ExDD detector as a scikit-learn-style estimator.
+
+The constructor holds settings, ``fit`` builds the two memory banks from training images
+(normal images -> M_N; patches under the defect masks of labelled and synthetic defect
+images -> M_P), ``predict`` is pure: it reads images and returns scores and maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import binary_dilation
+from tqdm import tqdm
+
+from exdd.backbones import load_backbone
+from exdd.common import NearestNeighbourIndex
+from exdd.config import DataConfig, ModelConfig
+from exdd.datasets import Sample, read_image, read_mask
+from exdd.errors import DataError, ModelError
+from exdd.features import PatchEmbedder, random_projection
+from exdd.fsutil import sha256_file
+from exdd.sampler import GreedyCoresetSampler
+from exdd.scoring import Bank, ScoringRule, score_patches
+
+IO_THREADS = 4
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Image scores (N,) and anomaly maps (N, H, W) at the model's input size."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def data_fingerprint(samples: Sequence[Sample]) -> str:
+    """sha256 over the sorted content hashes of images and masks: names do not matter."""
+    digests = sorted(
+        f"{sha256_file(s.image)}:{sha256_file(s.mask) if s.mask else '-'}:{s.label}" for s in samples
+    )
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+class ExDD:
+    """Dual memory-bank detector (ExDD); ``single_bank`` gives PatchCore for comparison."""
+
+    def __init__(self, model: ModelConfig | None = None, data: DataConfig | None = None) -> None:
+        self.model = model or ModelConfig()
+        self.data = data or DataConfig()
+        self._embedder: PatchEmbedder | None = None
+
+    # ---------------------------------------------------------------- state
+    projection_: np.ndarray
+    bank_normal_: np.ndarray
+    bank_defect_: np.ndarray
+    tau_normal_: float
+    tau_defect_: float
+    data_hashes_: dict[str, str]
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "bank_normal_")
+
+    @property
+    def embedder(self) -> PatchEmbedder:
+        if self._embedder is None:
+            backbone = load_backbone(self.model.backbone, self.model.backbone_weights)
+            if not hasattr(self, "projection_"):
+                self.projection_ = random_projection(
+                    sum(backbone.channels), self.model.projection_dim, self.model.seed
+                )
+            self._embedder = PatchEmbedder(
+                backbone, self.model.aggregation_kernel, self.projection_,
+                resolve_device(self.model.device),
+            )
+        return self._embedder
+
+    # ---------------------------------------------------------------- images
+    def _image_batches(self, paths: Sequence[Path], desc: str) -> Iterator[torch.Tensor]:
+        """Batches of (B, 3, H, W) tensors, decoded ahead on a few threads."""
+        h, w = self.data.image_height, self.data.image_width
+        bs = self.model.batch_size
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            images = pool.map(lambda p: read_image(p, h, w), paths)
+            with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
+                batch: list[np.ndarray] = []
+                for img in images:
+                    batch.append(img)
+                    if len(batch) == bs:
+                        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+                        bar.update(len(batch))
+                        batch = []
+                if batch:
+                    yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+                    bar.update(len(batch))
+
+    def _patches(self, paths: Sequence[Path], desc: str) -> Iterator[np.ndarray]:
+        """Per batch, patch features (B, h, w, D) as float32 numpy."""
+        for batch in self._image_batches(paths, desc):
+            yield self.embedder(batch).float().cpu().numpy()
+
+    def _defect_cells(self, sample: Sample, grid: tuple[int, int]) -> np.ndarray:
+        """Which grid cells of an image lie under its (dilated) defect mask."""
+        h, w = self.data.image_height, self.data.image_width
+        mask = read_mask(sample.mask, h, w, self.data.mask_threshold, image_path=sample.image)
+        if self.model.mask_dilation:
+            mask = binary_dilation(mask, iterations=self.model.mask_dilation)
+        cover = F.adaptive_max_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], grid)
+        return cover[0, 0].numpy() > 0
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, train: Sequence[Sample], synthetic: Sequence[Sample] = ()) -> "ExDD":
+        """Build M_N from normal images and M_P from patches under defect masks."""
+        normals = [s for s in train if s.label == 0]
+        defects = [s for s in train if s.label == 1 and s.mask is not None] + list(synthetic)
+        if not normals:
+            raise DataError("no defect-free training images: M_N cannot be built")
+        if not self.model.single_bank and not defects:
+            raise DataError("no defect images with masks for M_P (use --single-bank for PatchCore)")
+        emb = self.embedder
+        normal_feats = np.concatenate(
+            [b.reshape(-1, b.shape[-1]) for b in self._patches([s.image for s in normals], "normal")]
+        )
+        self.grid_ = self._grid()
+        self.bank_normal_, self.tau_normal_ = self._build_bank(normal_feats, self.model.coreset_normal)
+        del normal_feats
+        if self.model.single_bank:
+            self.bank_defect_ = np.zeros((0, emb.projection.shape[1]), np.float32)
+            self.tau_defect_ = 1.0
+        else:
+            chunks = []
+            for sample, feats in zip(defects, self._iter_images(defects, "defect")):
+                cells = self._defect_cells(sample, self.grid_)
+                chunks.append(feats[cells])
+            defect_feats = np.concatenate(chunks)
+            if len(defect_feats) == 0:
+                raise DataError("defect masks cover no patch: M_P would be empty")
+            self.bank_defect_, self.tau_defect_ = self._build_bank(
+                defect_feats, self.model.coreset_defect
+            )
+        self.data_hashes_ = {
+            "normal": data_fingerprint(normals),
+            "defect": data_fingerprint(defects) if defects else "",
+        }
+        self._indexes = None
+        return self
+
+    def _iter_images(self, samples: Sequence[Sample], desc: str) -> Iterator[np.ndarray]:
+        for batch in self._patches([s.image for s in samples], desc):
+            yield from batch
+
+    def _grid(self) -> tuple[int, int]:
+        probe = torch.zeros(1, 3, self.data.image_height, self.data.image_width)
+        return tuple(self.embedder(probe).shape[1:3])  # type: ignore[return-value]
+
+    def _build_bank(self, feats: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
+        """Coreset of ``feats`` and tau, the chosen quantile of left-out patches' NN distance."""
+        sampler = GreedyCoresetSampler(fraction, self.model.coreset_projection_dim, self.model.seed)
+        chosen = sampler.select(feats)
+        bank = np.ascontiguousarray(feats[chosen])
+        left_out = np.setdiff1d(np.arange(len(feats)), chosen)
+        if len(left_out) == 0:
+            return bank, 1.0
+        rng = np.random.default_rng(self.model.seed)
+        probe = rng.choice(left_out, min(len(left_out), self.model.calibration_patches), replace=False)
+        index = NearestNeighbourIndex()
+        index.fit(bank)
+        dist = index.search(np.ascontiguousarray(feats[np.sort(probe)]), 1)[0][:, 0]
+        tau = float(np.quantile(dist, self.model.tau_quantile))
+        return bank, max(tau, self.model.ratio_eps)
+
+    # ---------------------------------------------------------------- predict
+    def _banks(self) -> tuple[Bank, Bank | None]:
+        if not self.is_fitted:
+            raise ModelError("model is not fitted")
+        if getattr(self, "_indexes", None) is None:
+            normal = NearestNeighbourIndex()
+            normal.fit(self.bank_normal_)
+            defect = None
+            if not self.model.single_bank:
+                index = NearestNeighbourIndex()
+                index.fit(self.bank_defect_)
+                defect = Bank(self.bank_defect_, index, self.tau_defect_)
+            self._indexes = (Bank(self.bank_normal_, normal, self.tau_normal_), defect)
+        return self._indexes
+
+    def predict(self, paths: Sequence[Path]) -> Prediction:
+        """Scores and anomaly maps for images on disk (any size or mode: they are resized)."""
+        if not paths:
+            raise DataError("no images to predict")
+        normal, defect = self._banks()
+        rule = ScoringRule(self.model.scoring, self.model.knn, self.model.smoothing_sigma,
+                           self.model.top_k_fraction, self.model.ratio_eps)
+        size = (self.data.image_height, self.data.image_width)
+        scores = np.empty(len(paths), np.float64)
+        maps = np.empty((len(paths), *size), np.float32)
+        i = 0
+        for batch in self._patches(list(paths), "predict"):
+            for feats in batch:
+                grid = feats.shape[:2]
+                scores[i], maps[i] = score_patches(
+                    np.ascontiguousarray(feats.reshape(-1, feats.shape[-1])), grid, size,
+                    normal, defect, rule,
+                )
+                i += 1
+        return Prediction(scores, maps)
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> str:
+        """Write the model directory atomically; returns the model hash."""
+        from exdd.modelio import save_model
+
+        return save_model(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ExDD":
+        """Load a model directory, verifying every file's sha256."""
+        from exdd.modelio import load_model
+
+        return load_model(directory)
