@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from exdd.errors import ConfigError
 
@@ -33,8 +41,47 @@ class DataConfig(Section):
     mask_threshold: int = Field(127, ge=0, le=254, description="mask pixel > this is defect")
 
 
+def _ordered(v: tuple[float, float]) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError(f"range must be (low, high) with low <= high: {v}")
+    return v
+
+
+FloatRange = Annotated[tuple[float, float], AfterValidator(_ordered)]
+IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
+
+
+class ProceduralConfig(Section):
+    """Offline defect renderer (exdd.synth.procedural); sizes are fractions of the short side.
+
+    Each range is (low, high), sampled uniformly per defect.
+    """
+
+    kinds: list[Literal["scratch", "spot", "blotch", "pit"]] = Field(
+        ["scratch", "spot", "blotch", "pit"], min_length=1)
+    defects_per_image: IntRange = (1, 2)
+    contrast: FloatRange = Field((0.25, 0.6), description="relative change of local brightness")
+    texture_keep: float = Field(0.6, ge=0.0, le=1.0,
+                                description="share of the surface texture kept inside a defect")
+    light_sigma: float = Field(0.05, gt=0.0, description="local-illumination blur, x short side")
+    edge_softness: float = Field(1.0, gt=0.0, description="alpha ramp width in pixels")
+    scratch_length: FloatRange = (0.25, 0.9)
+    scratch_width: FloatRange = (0.008, 0.025)
+    scratch_bend: FloatRange = Field((0.0, 0.25), description="control-point offset x length")
+    spot_radius: FloatRange = (0.03, 0.08)
+    blotch_radius: FloatRange = (0.08, 0.2)
+    pit_radius: FloatRange = (0.015, 0.045)
+    roughness: float = Field(0.25, ge=0.0, lt=1.0, description="outline wobble of round defects")
+    mask_delta: float = Field(0.01, gt=0.0, lt=1.0,
+                              description="a pixel changed by more than this is in the mask")
+
+
 class DemoConfig(Section):
-    """The embedded default data set: generated on the fly, deterministic by seed."""
+    """The embedded default data set: generated on the fly, deterministic by seed.
+
+    A brushed, grainy metal surface under a slow illumination gradient with sensor noise;
+    its defects come from the procedural synthetic-defect renderer (``defects``).
+    """
 
     height: int = Field(160, ge=32)
     width: int = Field(96, ge=32)
@@ -43,6 +90,13 @@ class DemoConfig(Section):
     test_normal: int = Field(20, ge=1)
     test_defect: int = Field(20, ge=1)
     seed: int = 0
+    base_level: FloatRange = Field((0.35, 0.6), description="mean grey level of a surface")
+    gradient: float = Field(0.12, ge=0.0, description="illumination change across the image")
+    brush: float = Field(0.06, ge=0.0, description="strength of the brushed streaks")
+    brush_length: float = Field(12.0, gt=0.0, description="streak blur along x, pixels")
+    grain: float = Field(0.025, ge=0.0, description="fine grain strength")
+    noise: float = Field(0.01, ge=0.0, description="sensor noise sigma")
+    defects: ProceduralConfig = ProceduralConfig(contrast=(0.15, 0.4))
 
 
 class ModelConfig(Section):
@@ -58,6 +112,12 @@ class ModelConfig(Section):
     coreset_normal: float = Field(0.02, gt=0.0, le=1.0)
     coreset_defect: float = Field(0.10, gt=0.0, le=1.0)
     coreset_projection_dim: int = Field(128, ge=8, description="JL projection used while sampling")
+    coreset_chunk_size: int = Field(16384, ge=64, description="rows per distance chunk while sampling")
+    nn_use_gpu: bool = Field(True, description="faiss on GPU when it has GPU support and CUDA")
+    nn_batch_size: int = Field(65536, ge=1, description="queries per faiss search call")
+    stream_chunk_patches: int = Field(
+        1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
+    )
     mask_dilation: int = Field(0, ge=0, description="dilate defect masks by this many pixels")
     single_bank: bool = False
     scoring: Literal["reference", "calibrated"] = "calibrated"
@@ -72,19 +132,26 @@ class ModelConfig(Section):
 
 
 class SynthConfig(Section):
-    """Synthetic defects for the positive bank (paper section 3.2)."""
+    """Synthetic defects for the positive bank (paper section 3.2).
+
+    The SDXL settings are the paper's; ``procedural`` is the offline renderer.
+    """
 
     backend: Literal["procedural", "sdxl"] = "procedural"
-    count: int = Field(100, ge=0)
+    count: int = Field(100, ge=1)
     seed: int = 0
-    model_id: str = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
-    prompts: list[str] = ["copper metal scratches", "white marks on the wall"]
+    model_id: str = Field("diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+                          description="hub id (HF cache or download) or a local directory")
+    prompts: list[str] = Field(["copper metal scratches", "white marks on the wall"],
+                               min_length=1)
     negative_prompt: str = "smooth, plain, black, dark, shadow"
     num_inference_steps: int = Field(30, ge=1)
     guidance_scale: float = 20.0
     strength: float = Field(0.99, gt=0.0, le=1.0)
     padding_mask_crop: int = Field(2, ge=0)
     work_size: int = Field(1024, ge=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    procedural: ProceduralConfig = ProceduralConfig()
 
 
 class IntakeConfig(Section):

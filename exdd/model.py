@@ -8,6 +8,7 @@ images -> M_P), ``predict`` is pure: it reads images and returns scores and maps
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ from scipy.ndimage import binary_dilation
 from tqdm import tqdm
 
 from exdd.backbones import load_backbone
+from exdd.banks import BankBuilder
 from exdd.common import NearestNeighbourIndex
 from exdd.config import DataConfig, ModelConfig
 from exdd.datasets import Sample, read_image, read_mask
 from exdd.errors import DataError, ModelError
 from exdd.features import PatchEmbedder, random_projection
 from exdd.fsutil import sha256_file
-from exdd.sampler import GreedyCoresetSampler
 from exdd.scoring import Bank, ScoringRule, score_patches
 
 IO_THREADS = 4
@@ -63,6 +64,7 @@ class ExDD:
         self.model = model or ModelConfig()
         self.data = data or DataConfig()
         self._embedder: PatchEmbedder | None = None
+        self._indexes: tuple[Bank, Bank | None] | None = None
 
     # ---------------------------------------------------------------- state
     projection_: np.ndarray
@@ -124,6 +126,11 @@ class ExDD:
         return cover[0, 0].numpy() > 0
 
     # ---------------------------------------------------------------- fit
+    def _builder(self, fraction: float) -> BankBuilder:
+        m = self.model
+        return BankBuilder(fraction, m.projection_dim, m.stream_chunk_patches,
+                           m.coreset_projection_dim, m.seed, m.calibration_patches, m.tau_quantile)
+
     def fit(self, train: Sequence[Sample], synthetic: Sequence[Sample] = ()) -> "ExDD":
         """Build M_N from normal images and M_P from patches under defect masks."""
         normals = [s for s in train if s.label == 0]
@@ -132,27 +139,30 @@ class ExDD:
             raise DataError("no defect-free training images: M_N cannot be built")
         if not self.model.single_bank and not defects:
             raise DataError("no defect images with masks for M_P (use --single-bank for PatchCore)")
-        emb = self.embedder
-        normal_feats = np.concatenate(
-            [b.reshape(-1, b.shape[-1]) for b in self._patches([s.image for s in normals], "normal")]
-        )
         self.grid_ = self._grid()
-        self.bank_normal_, self.tau_normal_ = self._build_bank(normal_feats, self.model.coreset_normal)
-        del normal_feats
+        timings = {"features": 0.0, "coreset": 0.0, "indexing": 0.0}
+        normal = self._builder(self.model.coreset_normal)
+        clock = time.perf_counter()
+        for batch in self._patches([s.image for s in normals], "normal"):
+            normal.add(batch)
+        self.bank_normal_, self.tau_normal_ = normal.finish()
         if self.model.single_bank:
-            self.bank_defect_ = np.zeros((0, emb.projection.shape[1]), np.float32)
+            self.bank_defect_ = np.zeros((0, self.model.projection_dim), np.float32)
             self.tau_defect_ = 1.0
+            builders = [normal]
         else:
-            chunks = []
+            defect = self._builder(self.model.coreset_defect)
             for sample, feats in zip(defects, self._iter_images(defects, "defect")):
-                cells = self._defect_cells(sample, self.grid_)
-                chunks.append(feats[cells])
-            defect_feats = np.concatenate(chunks)
-            if len(defect_feats) == 0:
+                defect.add(feats[self._defect_cells(sample, self.grid_)])
+            if defect.seen == 0:
                 raise DataError("defect masks cover no patch: M_P would be empty")
-            self.bank_defect_, self.tau_defect_ = self._build_bank(
-                defect_feats, self.model.coreset_defect
-            )
+            self.bank_defect_, self.tau_defect_ = defect.finish()
+            builders = [normal, defect]
+        for b in builders:
+            for key, seconds in b.timings.items():
+                timings[key] += seconds
+        timings["features"] = time.perf_counter() - clock - timings["coreset"] - timings["indexing"]
+        self.fit_timings_ = timings
         self.data_hashes_ = {
             "normal": data_fingerprint(normals),
             "defect": data_fingerprint(defects) if defects else "",
@@ -168,27 +178,11 @@ class ExDD:
         probe = torch.zeros(1, 3, self.data.image_height, self.data.image_width)
         return tuple(self.embedder(probe).shape[1:3])  # type: ignore[return-value]
 
-    def _build_bank(self, feats: np.ndarray, fraction: float) -> tuple[np.ndarray, float]:
-        """Coreset of ``feats`` and tau, the chosen quantile of left-out patches' NN distance."""
-        sampler = GreedyCoresetSampler(fraction, self.model.coreset_projection_dim, self.model.seed)
-        chosen = sampler.select(feats)
-        bank = np.ascontiguousarray(feats[chosen])
-        left_out = np.setdiff1d(np.arange(len(feats)), chosen)
-        if len(left_out) == 0:
-            return bank, 1.0
-        rng = np.random.default_rng(self.model.seed)
-        probe = rng.choice(left_out, min(len(left_out), self.model.calibration_patches), replace=False)
-        index = NearestNeighbourIndex()
-        index.fit(bank)
-        dist = index.search(np.ascontiguousarray(feats[np.sort(probe)]), 1)[0][:, 0]
-        tau = float(np.quantile(dist, self.model.tau_quantile))
-        return bank, max(tau, self.model.ratio_eps)
-
     # ---------------------------------------------------------------- predict
     def _banks(self) -> tuple[Bank, Bank | None]:
         if not self.is_fitted:
             raise ModelError("model is not fitted")
-        if getattr(self, "_indexes", None) is None:
+        if self._indexes is None:
             normal = NearestNeighbourIndex()
             normal.fit(self.bank_normal_)
             defect = None

@@ -1,0 +1,111 @@
+"""Detector benchmark: accuracy of each scoring rule, fit-time split, throughput, peak RSS.
+
+    python bench/bench_detector.py --data ../shared/data/magnetic-tile/split.csv
+
+The banks are built once; single-bank PatchCore and each dual rule score the same test
+features, so the comparison isolates the scoring rule. ``--repeat N`` fits on the train
+split N times over to show that peak memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exdd.config import DataConfig, ModelConfig, load_params
+from exdd.datasets import load_samples, read_image
+from exdd.evaluate import evaluate
+from exdd.model import ExDD, Prediction
+
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
+
+
+def variant(base: ExDD, **changes: object) -> ExDD:
+    """Same banks and embedder, other scoring settings."""
+    other = ExDD(base.model.model_copy(update=changes), base.data)
+    for name in ("projection_", "bank_normal_", "bank_defect_", "tau_normal_", "tau_defect_",
+                 "grid_", "data_hashes_", "_embedder"):
+        setattr(other, name, getattr(base, name))
+    return other
+
+
+def backbone_throughput(model: ExDD, paths: list[Path]) -> float:
+    """Images/s of the bare backbone forward on preloaded batches of the same images."""
+    h, w, bs = model.data.image_height, model.data.image_width, model.model.batch_size
+    imgs = torch.from_numpy(np.stack([read_image(p, h, w) for p in paths])).permute(0, 3, 1, 2)
+    backbone = model.embedder.backbone
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(imgs), bs):
+            backbone(imgs[i:i + bs].to(model.embedder.device))
+    return len(imgs) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--config", help="params.yaml (default: library defaults)")
+    ap.add_argument("--size", type=int, default=256, help="square input size")
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--repeat", type=int, default=1, help="fit on the train split N times over")
+    ap.add_argument("--json", help="write all figures here")
+    args = ap.parse_args()
+
+    params = load_params(args.config) if args.config else None
+    model_cfg = (params.model if params else ModelConfig()).model_copy(
+        update={"backbone": args.backbone})
+    data_cfg = (params.data if params else DataConfig()).model_copy(
+        update={"image_height": args.size, "image_width": args.size})
+    train = load_samples(args.data, "train") * args.repeat
+    test = load_samples(args.data, "test")
+    print(f"train {len(train)} images ({sum(s.label for s in train)} defect), test {len(test)}; "
+          f"{args.backbone} at {args.size}x{args.size}, torch threads {torch.get_num_threads()}")
+
+    start = time.perf_counter()
+    model = ExDD(model_cfg, data_cfg).fit(train)
+    fit_s = time.perf_counter() - start
+    figures: dict[str, object] = {
+        "fit_seconds": fit_s, "fit_split": model.fit_timings_,
+        "bank_sizes": {"normal": len(model.bank_normal_), "defect": len(model.bank_defect_)},
+        "tau": {"normal": model.tau_normal_, "defect": model.tau_defect_},
+    }
+    print(f"fit {fit_s:.1f}s: " + ", ".join(f"{k} {v:.1f}s" for k, v in model.fit_timings_.items())
+          + f"; M_N {len(model.bank_normal_)}, M_P {len(model.bank_defect_)}")
+
+    paths = [s.image for s in test]
+    results = {}
+    timed: Prediction | None = None
+    for name, changes in (("patchcore_single_bank", {"single_bank": True}),
+                          ("dual_reference", {"scoring": "reference"}),
+                          ("dual_calibrated", {"scoring": "calibrated"})):
+        m = variant(model, **changes)
+        start = time.perf_counter()
+        pred = m.predict(paths)
+        seconds = time.perf_counter() - start
+        if name == "dual_" + model_cfg.scoring:
+            timed = pred
+            figures["predict_images_per_s"] = len(paths) / seconds
+        metrics = evaluate(m, test, pred)
+        results[name] = {k: metrics[k] for k in KEYS}
+        print(f"{name:24s} " + "  ".join(f"{k} {metrics[k]:.4f}" for k in KEYS)
+              + f"  ({len(paths) / seconds:.1f} img/s)")
+    assert timed is not None
+    figures["backbone_images_per_s"] = backbone_throughput(model, paths)
+    figures["results"] = results
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ratio = figures["predict_images_per_s"] / figures["backbone_images_per_s"]
+    print(f"predict {figures['predict_images_per_s']:.1f} img/s vs bare backbone "
+          f"{figures['backbone_images_per_s']:.1f} img/s ({100 * ratio:.0f}%); "
+          f"peak RSS {figures['peak_rss_mb']:.0f} MB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
