@@ -1,0 +1,115 @@
+"""``exdd fit / evaluate / predict`` as users run them, including their bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from exdd.cli import main
+from exdd.config import DemoConfig
+from exdd.datasets.demo import make_demo
+
+SMALL = {"data": {"image_height": 64, "image_width": 64},
+         "model": {"batch_size": 4, "coreset_normal": 0.1, "coreset_defect": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    data = make_demo(root / "data", DemoConfig(height=64, width=48, train_normal=8,
+                                               train_defect=3, test_normal=5, test_defect=5))
+    cfg = root / "params.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    return data, cfg
+
+
+@pytest.fixture(scope="module")
+def model_dir(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data, cfg = setup
+    out = tmp_path_factory.mktemp("m") / "model"
+    assert main(["fit", "--data", str(data), "--out", str(out), "--config", str(cfg)]) == 0
+    return out
+
+
+def test_fit_evaluate_predict(setup: tuple[Path, Path], model_dir: Path, tmp_path: Path) -> None:
+    data, _ = setup
+    out_json = tmp_path / "metrics.json"
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(data),
+                 "--json", str(out_json), "--plots", str(tmp_path / "plots")]) == 0
+    metrics = json.loads(out_json.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max", "n_test"):
+        assert key in metrics
+    assert metrics["n_test"] == 10
+    assert (model_dir / "metrics.json").exists()
+    assert (tmp_path / "plots" / "roc_pr.png").stat().st_size > 0
+
+    pred_dir = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_dir), "--out", str(pred_dir),
+                 str(data / "test")]) == 0
+    rows = list(csv.DictReader((pred_dir / "scores.csv").open()))
+    assert len(rows) == 10
+    assert {r["flag"] for r in rows} <= {"0", "1"}
+    flagged = [float(r["score"]) >= metrics["threshold"] for r in rows]
+    assert [bool(int(r["flag"])) for r in rows] == flagged
+    overlay = Image.open(pred_dir / rows[0]["overlay"])
+    assert overlay.size == (64, 64) and np.asarray(overlay).std() > 0
+
+
+def test_single_bank_and_module_entry_point(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, cfg = setup
+    out = tmp_path / "pc"
+    proc = subprocess.run(
+        [sys.executable, "-m", "exdd", "fit", "--data", str(data), "--out", str(out),
+         "--config", str(cfg), "--single-bank"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["model"]["single_bank"] is True and meta["bank_sizes"]["defect"] == 0
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == 2
+    # progress bars may have drawn on stderr; the error itself is one line
+    lines = [ln for ln in capsys.readouterr().err.replace("\r", "\n").splitlines()
+             if "error:" in ln]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(
+        setup: tuple[Path, Path], model_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data, cfg = setup
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "never"
+    assert "broken.png: unreadable image" in _error(
+        ["predict", "--model", str(model_dir), "--out", str(out), str(broken)], capsys)
+    assert not out.exists()
+
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("model:\n  backbone: resnet9000\n")
+    assert "model.backbone" in _error(
+        ["fit", "--data", str(data), "--out", str(out), "--config", str(bad_cfg)], capsys)
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("image,mask,label,split\n")
+    assert "manifest has no rows" in _error(["fit", "--data", str(empty), "--out", str(out)],
+                                            capsys)
+    assert "does not exist" in _error(
+        ["evaluate", "--model", str(model_dir), "--data", str(tmp_path / "nope")], capsys)
+    assert not out.exists()
+    # a model directory must not be half-replaced by a failing fit
+    before = (model_dir / "checksums.json").read_bytes()
+    no_mask = tmp_path / "nomask.csv"
+    no_mask.write_text(f"image,mask,label,split\n{data}/train/00000.png,,defect,train\n")
+    assert "has no mask" in _error(["fit", "--data", str(no_mask), "--out", str(model_dir),
+                                    "--config", str(cfg)], capsys)
+    assert (model_dir / "checksums.json").read_bytes() == before
