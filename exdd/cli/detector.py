@@ -1,4 +1,8 @@
-"""``exdd fit``, ``exdd evaluate`` and ``exdd predict``: the detector's command line."""
+"""``exdd fit``, ``exdd evaluate`` and ``exdd predict``: the detector's command line.
+
+torch and faiss are imported inside the handlers so that ``exdd --help`` and the other
+sub-commands start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,17 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
-
 from exdd.config import load_params
 from exdd.datasets import IMAGE_SUFFIXES, load_samples, read_image
 from exdd.errors import DataError
 from exdd.fsutil import atomic_dir, write_text_atomic
-from exdd.model import ExDD, data_fingerprint
-from exdd.modelio import write_annotation
 
 METRICS_FILE = "metrics.json"
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from exdd.model import ExDD
+
     params = load_params(args.config)
     updates: dict[str, object] = {}
     if args.backbone:
@@ -43,6 +45,8 @@ def _fit(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from exdd.evaluate import evaluate
+    from exdd.model import ExDD, data_fingerprint
+    from exdd.modelio import write_annotation
 
     model = ExDD.load(args.model)
     test = load_samples(args.data, "test")
@@ -87,6 +91,9 @@ def _threshold(model_dir: Path, override: float | None) -> float | None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from exdd.model import ExDD
     from exdd.visualize import save_overlay
 
     model = ExDD.load(args.model)
