@@ -1,0 +1,266 @@
+"""``validate_inbox``: fetch, describe, validate, then file every inbox file exactly once.
+
+Accepted images go to ``DIR/images/`` (masks to ``DIR/masks/``) under content-addressed
+names, with a manifest row each; failed ones go to ``DIR/quarantine/<batch>/files/`` with
+a JSON reason per file in ``DIR/quarantine/<batch>/reasons/`` naming the expectations they
+broke. The labels sidecar is kept as ``DIR/labels/<batch>.csv``. The batch id is a hash
+of the inbox's names and contents, so a re-run of an interrupted batch files everything
+to the same places. See ``exdd.intake.journal`` for the crash-safety protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from exdd.config import DataConfig, IntakeConfig
+from exdd.errors import DataError
+from exdd.fsutil import sha256_file, write_text_atomic
+from exdd.intake.inbox import Inbox, InboxFile, LocalInbox, open_inbox
+from exdd.intake.journal import REPORT_STAGING, Journal, Move, apply
+from exdd.intake.manifest import (
+    IMAGES_DIR,
+    LABELS_DIR,
+    MANIFEST_NAME,
+    MASKS_DIR,
+    QUARANTINE_DIR,
+    manifest_text,
+    profile,
+    read_rows,
+)
+from exdd.intake.suite import Bounds, Outcome, derive_bounds, jsonable, run_suite
+from exdd.intake.table import build_table, read_sidecar
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".intake"
+REPORT_JSON = "intake.json"
+DATA_DOCS_DIR = "data_docs"
+NAME_HASH_CHARS = 16
+BATCH_HASH_CHARS = 12
+
+
+@dataclass
+class IntakeResult:
+    """What one intake did; ``passed`` is False when the pipeline must stop."""
+
+    batch: str
+    n_total: int
+    n_accepted: int
+    n_quarantined: int
+    accepted: list[str]  # data-set-relative image paths
+    quarantined: list[str]  # data-set-relative image paths under quarantine/
+    report_path: Path | None
+    passed: bool
+    failed_fraction: float = 0.0
+    placements: dict[str, str] = field(default_factory=dict)  # every inbox key -> its path
+    batch_failures: list[str] = field(default_factory=list)  # failed table-level checks
+    kept_in_inbox: list[str] = field(default_factory=list)  # changed while we ran
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "report_path": str(self.report_path) if self.report_path else None}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "IntakeResult":
+        report = raw.get("report_path")
+        return cls(**{**raw, "report_path": Path(report) if report else None})
+
+
+def validate_inbox(inbox: str, dataset: Path, report: Path | None, cfg: IntakeConfig,
+                   data_cfg: DataConfig | None = None) -> IntakeResult:
+    """Validate every file in ``inbox`` and file it into ``dataset`` or its quarantine.
+
+    ``report`` defaults to ``<dataset>-reports/<batch>`` beside the data set. An
+    unfinished earlier intake of the same data set is finished first and its result
+    returned; run again for files that arrived since.
+    """
+    dataset = Path(dataset)
+    dataset.mkdir(parents=True, exist_ok=True)
+    source = open_inbox(str(inbox))
+    if isinstance(source, LocalInbox):
+        _check_apart(source.root, dataset)
+    threshold = (data_cfg or DataConfig()).mask_threshold
+    work = dataset / WORK_DIR
+    with _locked(dataset):
+        journal = Journal.load(work)
+        if journal is None:
+            shutil.rmtree(work, ignore_errors=True)  # an attempt that never committed
+            try:
+                journal = _plan(source, dataset, report, cfg, threshold, work)
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)  # nothing was committed: old state
+                raise
+        elif journal.inbox != source.uri:
+            raise DataError(f"{dataset}: an intake from {journal.inbox} is unfinished; "
+                            f"re-run it with --inbox {journal.inbox}")
+        else:
+            log.warning("finishing the interrupted intake of batch %s", journal.batch)
+        kept = apply(journal, work, dataset, source)
+    result = IntakeResult.from_json(journal.result)
+    result.kept_in_inbox = kept
+    return result
+
+
+def _check_apart(inbox: Path, dataset: Path) -> None:
+    a, b = inbox.resolve(), dataset.resolve()
+    if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+        raise DataError(f"{inbox}: the inbox and the data set {dataset} must not overlap")
+
+
+@contextlib.contextmanager
+def _locked(dataset: Path) -> Iterator[None]:
+    """One intake per data set at a time (an advisory lock on the folder itself)."""
+    fd = os.open(dataset, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{dataset}: another intake is running on this data set") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fetch(source: Inbox, work: Path) -> tuple[list[InboxFile], dict[str, Path], dict[str, str]]:
+    items = source.list()
+    paths: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
+    for i, item in enumerate(tqdm(items, desc="fetch", unit="file", disable=not items)):
+        paths[item.key] = work / "files" / f"{i:06d}"
+        try:
+            source.fetch(item, paths[item.key])
+        except DataError:
+            raise
+        except Exception as err:  # boto3 / OS errors: nothing has changed yet, re-run later
+            raise DataError(f"{source.uri}/{item.key}: cannot fetch ({err})") from None
+        hashes[item.key] = sha256_file(paths[item.key])
+    return items, paths, hashes
+
+
+def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
+          threshold: int, work: Path) -> Journal:
+    """Steps 1-2 of the journal protocol: everything staged, then the journal committed."""
+    old_rows = read_rows(dataset)
+    prof = profile(dataset, old_rows, cfg.profile_max_images)
+    items, paths, hashes = _fetch(source, work)
+    batch = hashlib.sha256("".join(f"{k}\t{h}\n" for k, h in sorted(hashes.items()))
+                           .encode()).hexdigest()[:BATCH_HASH_CHARS]
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    sidecar = paths.get(cfg.labels_file)
+    files = {k: p for k, p in paths.items() if k != cfg.labels_file}
+    labels = {} if sidecar is None else read_sidecar(
+        sidecar.read_bytes(), f"{source.uri}/{cfg.labels_file}", set(files))
+    table = build_table(files, hashes, labels, prof.hashes, cfg, threshold)
+    bounds = derive_bounds(cfg, prof, table)
+    outcome = run_suite(table, bounds, work / REPORT_STAGING / DATA_DOCS_DIR)
+
+    by_key = {i.key: i for i in items}
+    moves: list[Move] = []
+    placements: dict[str, str] = {}
+
+    def move(key: str, dest: str) -> None:
+        item = by_key[key]
+        moves.append(Move(paths[key].relative_to(work).as_posix(), dest, hashes[key], key,
+                          item.size, item.version))
+        placements[key] = dest
+
+    def generated(name: str, dest: str, text: str) -> None:
+        write_text_atomic(work / name, text)
+        moves.append(Move(name, dest, hashlib.sha256(text.encode()).hexdigest()))
+
+    qdir = f"{QUARANTINE_DIR}/{batch}"
+    new_rows, accepted, quarantined = [], [], []
+    for row in table.to_dict("records"):
+        key, sha = row["path"], row["sha256"]
+        failed = outcome.row_failures.get(key, []) + outcome.table_failures
+        mask = row["mask"] if row["mask_found"] else None
+        if not failed:
+            dest = f"{IMAGES_DIR}/{sha[:NAME_HASH_CHARS]}{row['suffix']}"
+            move(key, dest)
+            mask_dest = ""
+            if mask:
+                mask_dest = f"{MASKS_DIR}/{sha[:NAME_HASH_CHARS]}_GT{Path(mask).suffix.lower()}"
+                move(mask, mask_dest)
+            new_rows.append({
+                "image": dest, "mask": mask_dest,
+                "label": "defect" if row["label"] == cfg.defect_label else "normal",
+                "split": row["split"], "sha256": sha, "source": f"{source.uri}/{key}",
+                "added": now,
+            })
+            accepted.append(dest)
+            continue
+        for file_key, extra in ((key, {}), (mask, {"quarantined_with_image": key})):
+            if file_key is None:
+                continue
+            move(file_key, f"{qdir}/files/{_safe_key(file_key)}")
+            reason = {"file": file_key, "inbox": source.uri, "sha256": hashes[file_key],
+                      "batch": batch, "quarantined": now, **extra, "failed": failed,
+                      "metadata": jsonable(row)}
+            generated(f"reasons/{len(moves):06d}.json",
+                      f"{qdir}/reasons/{_safe_key(file_key)}.json", json.dumps(reason, indent=1))
+        quarantined.append(placements[key])
+    if sidecar is not None:
+        move(cfg.labels_file, f"{LABELS_DIR}/{batch}.csv")
+    if new_rows:  # last: the manifest never names a file that is not in place yet
+        generated(MANIFEST_NAME, MANIFEST_NAME, manifest_text(old_rows + new_rows))
+
+    unfiled = set(by_key) - set(placements)
+    if unfiled:  # a bug guard: no inbox file may ever be skipped
+        raise DataError(f"{source.uri}: intake would leave {sorted(unfiled)[:3]} unfiled")
+    clashes = [d for d, n in Counter(m.dest for m in moves).items() if n > 1]
+    if clashes:  # e.g. S3 keys 'a/../b' and 'a/_/b': refuse rather than overwrite one
+        raise DataError(f"{source.uri}: two inbox files would both be stored as {clashes[0]}")
+    n_total = len(table)
+    fraction = len(quarantined) / n_total if n_total else 0.0
+    passed = not outcome.table_failures and fraction <= cfg.max_failed_fraction
+    report_dir = (Path(report) if report is not None else
+                  dataset.parent / f"{dataset.name}-reports" / batch).absolute()
+    batch_failures = [f"{f['check']} (observed {f.get('observed')})"
+                      for f in outcome.table_failures]
+    result = IntakeResult(batch, n_total, len(accepted), len(quarantined), accepted,
+                          quarantined, report_dir, passed, fraction, placements, batch_failures)
+    orphans = sorted(set(labels) - set(files))
+    _write_report(work, result, source.uri, dataset, bounds, outcome, table, orphans)
+    journal = Journal(batch, source.uri, moves, str(report_dir), result.to_json())
+    journal.save(work)  # the commit point
+    return journal
+
+
+def _safe_key(key: str) -> str:
+    """An inbox key as a relative path that cannot leave its folder ('..', '.', '' -> '_')."""
+    return "/".join(part if part not in ("", ".", "..") else "_" for part in key.split("/"))
+
+
+def _write_report(work: Path, result: IntakeResult, inbox: str, dataset: Path, bounds: Bounds,
+                  outcome: Outcome, table: pd.DataFrame, orphans: list[str]) -> None:
+    files = [
+        {**jsonable(row), "placed_at": result.placements.get(row["path"]),
+         "failed": outcome.row_failures.get(row["path"], []) + outcome.table_failures}
+        for row in table.to_dict("records")
+    ]
+    body = {
+        "summary": {k: v for k, v in result.to_json().items() if k != "placements"},
+        "inbox": inbox, "dataset": str(dataset), "bounds": asdict(bounds),
+        "table_failures": outcome.table_failures,
+        "labels_without_file": orphans,
+        "files": files,
+        "placements": result.placements,
+        "data_docs": f"{DATA_DOCS_DIR}/index.html",
+        "great_expectations": outcome.result,
+    }
+    write_text_atomic(work / REPORT_STAGING / REPORT_JSON, json.dumps(body, indent=1))

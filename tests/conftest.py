@@ -1,0 +1,18 @@
+"""Shared fixtures: a real S3 server on loopback (see ``s3server.py``)."""
+
+from __future__ import annotations
+
+import pytest
+from s3server import S3Server, S3ServerError
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """SeaweedFS ``weed mini`` (else moto) on 127.0.0.1, data kept in a module temp dir."""
+    server = S3Server(tmp_path_factory.mktemp("s3-data"))
+    try:
+        server.start()
+    except S3ServerError as err:
+        pytest.skip(f"no loopback S3 server could start (weed mini, moto): {err}")
+    yield server
+    server.stop()
