@@ -8,6 +8,7 @@ rejected so that a typo in params.yaml is an error, not a silently ignored setti
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -75,6 +76,12 @@ class ProceduralConfig(Section):
     mask_delta: float = Field(0.01, gt=0.0, lt=1.0,
                               description="a pixel changed by more than this is in the mask")
 
+    @model_validator(mode="after")
+    def _visible(self) -> "ProceduralConfig":
+        if self.contrast[1] <= self.mask_delta:
+            raise ValueError(f"contrast {self.contrast} never exceeds mask_delta {self.mask_delta}")
+        return self
+
 
 class DemoConfig(Section):
     """The embedded default data set: generated on the fly, deterministic by seed.
@@ -96,7 +103,7 @@ class DemoConfig(Section):
     brush_length: float = Field(12.0, gt=0.0, description="streak blur along x, pixels")
     grain: float = Field(0.025, ge=0.0, description="fine grain strength")
     noise: float = Field(0.01, ge=0.0, description="sensor noise sigma")
-    defects: ProceduralConfig = ProceduralConfig(contrast=(0.15, 0.4))
+    defects: ProceduralConfig = ProceduralConfig()
 
 
 class ModelConfig(Section):
@@ -155,47 +162,125 @@ class SynthConfig(Section):
 
 
 class IntakeConfig(Section):
-    """Validation bounds for new line images (great-expectations suite parameters)."""
+    """Validation bounds for new line images (great-expectations suite parameters).
+
+    Image size, modes and the mean-intensity range are derived from the dataset's accepted
+    images unless set here; the fixed bounds below always apply on top.
+    """
 
     labels: list[str] = ["normal", "defect"]
-    default_label: str = "normal"
+    default_label: str = Field("normal", description="label of images the sidecar does not list")
+    defect_label: str = Field("defect", description="the label that requires a non-empty mask")
+    default_split: Literal["train", "test"] = "train"
+    labels_file: str = Field("labels.csv", description="inbox sidecar: image,label,mask,...")
     allowed_modes: list[str] = ["L", "RGB"]
-    expected_width: int | None = None
-    expected_height: int | None = None
-    min_mean_intensity: float = 10.0
-    max_mean_intensity: float = 245.0
-    min_std_intensity: float = 2.0
+    expected_width: int | None = Field(None, ge=1, description="None: the dataset's usual width")
+    expected_height: int | None = Field(None, ge=1)
+    derive_from_dataset: bool = True
+    profile_max_images: int = Field(200, ge=1, description="accepted images read to derive bounds")
+    intensity_margin: float = Field(30.0, ge=0.0, description="widens the dataset's mean range")
+    min_mean_intensity: float = Field(10.0, ge=0.0, le=255.0)
+    max_mean_intensity: float = Field(245.0, ge=0.0, le=255.0)
+    min_std_intensity: float = Field(2.0, ge=0.0)
     min_rows: int = Field(1, ge=0)
     max_rows: int = Field(100000, ge=1)
     max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "IntakeConfig":
+        for name in ("default_label", "defect_label"):
+            if getattr(self, name) not in self.labels:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not in labels {self.labels}")
+        if self.min_mean_intensity > self.max_mean_intensity:
+            raise ValueError("min_mean_intensity is above max_mean_intensity")
+        if self.min_rows > self.max_rows:
+            raise ValueError("min_rows is above max_rows")
+        return self
+
 
 class GateConfig(Section):
-    """Promotion gate: absolute thresholds and no-regression tolerance vs the champion."""
+    """Promotion gate: absolute thresholds and no-regression tolerance vs the champion.
+
+    Both models are compared on the same benchmark split (the test split of ``benchmark``,
+    identified by the hash of its files); a line's own params.yaml sets its thresholds.
+    """
 
     min_image_auroc: float = Field(0.90, ge=0.0, le=1.0)
     min_pixel_auroc: float = Field(0.95, ge=0.0, le=1.0)
     regression_tolerance: float = Field(0.01, ge=0.0, le=1.0)
+    benchmark: str = Field("data/benchmark", description="benchmark data set (workspace-relative)")
+    overlay_images: int = Field(8, ge=1, description="benchmark images in the MLflow overlay grid")
 
 
 class PublishConfig(Section):
-    """Where published models go: DVC remote, MLflow tracking/registry."""
+    """Where published models go: DVC remote, git tags, MLflow tracking/registry, audit log.
+
+    Relative paths (and a relative sqlite tracking URI) are taken from the line workspace.
+    Remote credentials never appear here: DVC and boto3 read them from the environment.
+    """
 
     line: str = "demo"
     registered_model_prefix: str = "exdd"
     tracking_uri: str = "sqlite:///mlruns.db"
-    dvc_remote: str = "local"
-    dvc_remote_url: str = "../exdd-remote"
-    s3_endpoint_url: str | None = None
+    artifact_location: str = Field("mlartifacts", description="MLflow artifact root of new experiments")
+    dvc_remote: str = Field("storage", description="name of the DVC remote in .dvc/config")
+    dvc_remote_url: str = Field("../exdd-remote", description="a local folder or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(None, description="S3-API endpoint of on-premises stores")
+    champion_dir: str = Field("models/champion", description="the champion's files, checked out")
+    audit_log: str = Field("audit/models.jsonl", description="append-only publish/rollback log")
+    probe_images: int = Field(8, ge=1, description="benchmark images scored at publish, for rollback")
+
+
+class ReviewConfig(Section):
+    """Operator review dashboard: verdict store, access control and queue defaults.
+
+    Relative paths are taken from the line workspace. The shared secret never appears here,
+    only the name of the environment variable that holds it.
+    """
+
+    db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the verdict store; None = db_file per workspace")
+    db_file: str = Field("reviews/verdicts.db", description="default sqlite verdict store")
+    scores_dir: str = Field("reviews/scores", description="<run_id>/scores.csv + overlays/")
+    outcomes_dir: str = Field("reports/outcomes", description="<run_id>.json nightly outcomes")
+    masks_dir: str = Field("reviews/masks", description="operator-confirmed defect masks")
+    export_lock: str = Field("reviews/export.lock", description="serialises inbox exports")
+    auth: Literal["none", "secret", "header"] = "none"
+    secret_env: str = Field("EXDD_REVIEW_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                            description="name of the env var holding the shared secret")
+    auth_header: str = Field("X-Forwarded-User", min_length=1,
+                             description="identity header set by the reverse proxy")
+    threshold_source: Literal["scores", "champion"] = Field(
+        "scores", description="slider default: the scoring run's threshold or the champion's")
+    recent_runs: int = Field(14, ge=1, description="latest scoring runs loaded into the queue")
+    page_size: int = Field(25, ge=1, description="queue rows shown per page")
+    mask_level: float = Field(0.5, gt=0.0, lt=1.0,
+                              description="default heatmap level (0..1 of its colour scale)")
+    port: int = Field(8501, ge=1, le=65535, description="served on 127.0.0.1 only")
 
 
 class LineConfig(Section):
-    """One production line served by its own nightly DAG."""
+    """One production line served by its own nightly DAG (``dags/exdd_nightly.py``).
+
+    Each line has its own git + DVC workspace (``exdd workspace init``) whose params.yaml
+    holds the line's own detector, gate and publish settings. ``workspace`` is taken from
+    the folder of the params file that lists the line; ``inbox`` and ``dataset`` from the
+    workspace (the inbox may also be ``s3://bucket/prefix``).
+    """
 
     name: str
-    schedule: str = "0 2 * * *"
-    inbox: str
-    dataset: str
+    workspace: str = Field(..., min_length=1, description="the line's git + DVC workspace")
+    inbox: str = Field("data/inbox", min_length=1, description="folder or s3://bucket/prefix")
+    dataset: str = Field("data/dataset", min_length=1,
+                         description="validated data set, as in the workspace's dvc.yaml")
+    schedule: str | None = Field("0 2 * * *", description="cron or preset; null: manual only")
+    start_date: date = Field(date(2025, 1, 1), description="first schedulable day (no catchup)")
+    retries: int = Field(2, ge=0, description="retries of a failed task")
+    retry_delay_s: float = Field(60.0, gt=0.0, description="first retry delay; doubles each time")
+    retry_backoff: float = Field(2.0, ge=1.0, description="retry delay multiplier per attempt")
+    max_retry_delay_s: float = Field(1800.0, gt=0.0)
+    task_timeout_s: float = Field(6 * 3600.0, gt=0.0, description="a task running longer fails")
+    queue: str = Field("default", min_length=1, description="Celery queue of the line's tasks")
 
     @field_validator("name")
     @classmethod
@@ -203,6 +288,15 @@ class LineConfig(Section):
         if not v.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"line name must be letters, digits, '-' or '_': {v!r}")
         return v
+
+    @property
+    def repo_pool(self) -> str:
+        """Airflow pool (size 1) of the tasks that touch the workspace's git/DVC state."""
+        return f"exdd_{self.name}_repo"
+
+    def workspace_path(self, base: str | os.PathLike[str]) -> Path:
+        """The workspace folder; a relative ``workspace`` is taken from ``base``."""
+        return (Path(base) / self.workspace).resolve()
 
 
 class Params(Section):
@@ -215,6 +309,7 @@ class Params(Section):
     intake: IntakeConfig = IntakeConfig()
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
+    review: ReviewConfig = ReviewConfig()
     lines: list[LineConfig] = []
 
     @model_validator(mode="after")
