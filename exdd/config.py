@@ -234,8 +234,10 @@ class PublishConfig(Section):
 class ReviewConfig(Section):
     """Operator review dashboard: verdict store, access control and queue defaults.
 
-    Relative paths are taken from the line workspace. The shared secret never appears here,
-    only the name of the environment variable that holds it.
+    Access control (``auth``, ``secret_env``, ``auth_header``) and ``port`` are read from
+    the params file that lists the lines; everything else from each line's workspace
+    params, relative paths taken from that workspace. The shared secret never appears
+    here, only the name of the environment variable that holds it.
     """
 
     db_url: str | None = Field(

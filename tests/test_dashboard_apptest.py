@@ -1,0 +1,201 @@
+"""The review dashboard's pages, run by Streamlit's AppTest against a real line workspace:
+git + DVC, an MLflow sqlite registry with two published versions, a night's scores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from review_fixtures import LineFixture, line_copy
+from streamlit.testing.v1 import AppTest
+
+from exdd.config import load_params
+from exdd.registry import CHAMPION, Registry
+from exdd.review import VerdictStore, inbox_name, line_config
+
+APP = Path(__file__).parents[1] / "dashboards" / "app.py"
+TIMEOUT = 120
+
+
+@pytest.fixture
+def line(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> LineFixture:
+    fixture = line_copy(tmp_path_factory.getbasetemp(), tmp_path / "line")
+    monkeypatch.setenv("EXDD_PARAMS", str(fixture.params_file))
+    return fixture
+
+
+def _set_review(fixture: LineFixture, **review: object) -> None:
+    raw = yaml.safe_load(fixture.params_file.read_text())
+    raw["review"].update(review)
+    fixture.params_file.write_text(yaml.safe_dump(raw))
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _form(at: AppTest, name: str) -> str:
+    """Key of a verdict widget of the image under review."""
+    return f"{name}:{at.selectbox(key='selected').value}"
+
+
+def _champion(fixture: LineFixture) -> int:
+    params = load_params(fixture.workspace / "params.yaml")
+    return int(Registry(params, fixture.workspace).alias(CHAMPION).version)
+
+
+def test_queue_renders_most_suspicious_first(line: LineFixture) -> None:
+    at = _app()
+    assert at.title[0].value == "Review queue · line demo"
+    table = at.dataframe[0].value
+    with open(next((line.workspace / "reviews" / "scores").glob("*/scores.csv"))) as f:
+        scores = list(csv.DictReader(f))
+    assert list(table["image"]) == [r["image"] for r in sorted(
+        scores, key=lambda r: -float(r["score"]))]
+    threshold = float(scores[0]["threshold"])
+    flagged = sum(float(r["score"]) >= threshold for r in scores)
+    assert at.slider(key="threshold").value == pytest.approx(threshold)
+    assert _metric(at, "Flagged (shown)") == f"{flagged} / {len(scores)}"
+    assert _metric(at, "Champion") == "v2"
+    assert len(at.image) == 2  # the image and its heatmap overlay
+
+    at.slider(key="threshold").set_value(min(float(r["score"]) for r in scores)).run()
+    assert _metric(at, "Flagged (shown)") == f"{len(scores)} / {len(scores)}"
+    assert at.button(key="record").disabled  # no operator, no action
+    assert any("operator name" in w.value for w in at.warning)
+
+
+def test_verdicts_recorded_and_exported_to_the_inbox(line: LineFixture) -> None:
+    at = _app()
+    at.sidebar.text_input(key="operator").input("ana").run()
+    first = at.selectbox(key="selected").value
+    at.radio(key=_form(at, "verdict")).set_value("defect").run()
+    at.radio(key=_form(at, "mask_mode")).set_value("heatmap region").run()
+    assert len(at.image) == 3  # image, overlay and the mask preview
+    at.text_input(key=_form(at, "note")).input("scratch near the edge").run()
+    at.button(key="record").click().run()
+    assert not at.exception, at.exception
+    assert any("Recorded **defect**" in s.value for s in at.success)
+
+    second = at.selectbox(key="selected").value
+    assert second != first and first not in list(at.dataframe[0].value["image"])
+    assert at.radio(key=_form(at, "verdict")).value is None  # a fresh form for the next image
+    drawn = np.zeros(Image.open(line.workspace / second).size[::-1], np.uint8)
+    drawn[4:20, 6:30] = 255
+    png = io.BytesIO()
+    Image.fromarray(drawn).save(png, format="PNG")
+    at.radio(key=_form(at, "verdict")).set_value("defect").run()
+    at.radio(key=_form(at, "mask_mode")).set_value("upload a drawn mask").run()
+    at.file_uploader(key=_form(at, "mask_upload")).upload("drawn.png", png.getvalue(),
+                                                         "image/png").run()
+    at.button(key="record").click().run()
+    third = at.selectbox(key="selected").value
+    at.radio(key=_form(at, "verdict")).set_value("normal").run()
+    at.button(key="record").click().run()
+    assert not at.exception, at.exception
+
+    params = load_params(line.workspace / "params.yaml")
+    cfg = line_config(load_params(line.params_file), "demo")
+    store = VerdictStore.for_workspace(params.review, line.workspace)
+    latest = store.latest("demo")
+    assert {k: (v.verdict, v.operator) for k, v in latest.items()} == {
+        first: ("defect", "ana"), second: ("defect", "ana"), third: ("normal", "ana")}
+    assert latest[first].note == "scratch near the edge" and latest[first].model_version == "2"
+    inbox = line.workspace / cfg.inbox
+    with open(inbox / "labels.csv", newline="") as f:
+        by_name = {r["image"]: r for r in csv.DictReader(f)}
+    rows = [by_name[inbox_name(image)] for image in (first, second, third)]
+    assert [r["label"] for r in rows] == ["defect", "defect", "normal"]
+    assert [r["replaces"] for r in rows] == [  # relabels of accepted data-set images
+        Path(i).relative_to(cfg.dataset).as_posix() for i in (first, second, third)]
+    for row, image in zip(rows, (first, second, third)):
+        assert (inbox / row["image"]).read_bytes() == (line.workspace / image).read_bytes()
+    for row in rows[:2]:
+        mask = np.asarray(Image.open(inbox / row["mask"]))
+        assert mask.shape == drawn.shape and set(np.unique(mask)) == {0, 255}
+    assert np.array_equal(np.asarray(Image.open(inbox / rows[1]["mask"])), drawn)
+    assert rows[2]["mask"] == ""
+
+
+def test_rollback_needs_confirmation_and_moves_the_alias(line: LineFixture) -> None:
+    at = _app()
+    at.switch_page("views/model.py").run()
+    assert not at.exception, at.exception
+    assert _metric(at, "Champion") == "v2"
+    versions = at.dataframe[0].value
+    assert list(versions["version"]) == [2, 1] and list(versions["aliases"]) == ["champion", ""]
+    assert list(versions["git tag"]) == ["model-demo-v2", "model-demo-v1"]
+    assert list(versions["gate"]) == ["passed", "passed"]
+    assert ["roc_pr.png"] in [i.captions for i in at.image]
+    assert at.button(key="rollback").disabled  # no operator, no reason
+
+    at.sidebar.text_input(key="operator").input("bo").run()
+    at.selectbox(key="rollback_to").set_value(1)
+    at.text_input(key="rollback_reason").input("v2 misses scratches").run()
+    at.button(key="rollback").click().run()
+    assert _champion(line) == 2  # asked, not done
+    assert at.button(key="rollback_confirm").label == "Confirm rollback to v1"
+    at.button(key="rollback_cancel").click().run()
+    assert not [b for b in at.button if b.key == "rollback_confirm"]
+    assert _champion(line) == 2
+
+    at.button(key="rollback").click().run()
+    at.button(key="rollback_confirm").click().run()
+    assert not at.exception, at.exception
+    assert _champion(line) == 1
+    assert _metric(at, "Champion") == "v1"  # no restart needed
+    assert list(at.dataframe[0].value["aliases"]) == ["", "champion"]
+    assert any("is the champion again" in s.value for s in at.success)
+    audit = [json.loads(x) for x in (line.workspace / "audit" / "models.jsonl")
+             .read_text().splitlines()]
+    assert audit[-1]["event"] == "rollback" and audit[-1]["who"] == "bo"
+    assert audit[-1]["reason"] == "v2 misses scratches" and audit[-1]["from_version"] == 2
+
+
+def test_empty_state_without_a_published_model(tmp_path_factory: pytest.TempPathFactory,
+                                                tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    fixture = line_copy(tmp_path_factory.getbasetemp(), tmp_path / "line", publish_models=False)
+    monkeypatch.setenv("EXDD_PARAMS", str(fixture.params_file))
+    at = _app()
+    assert any("No model is published for line demo" in i.value for i in at.info)
+    assert any("No scored images yet" in i.value for i in at.info)
+    at.switch_page("views/model.py").run()
+    assert not at.exception, at.exception
+    assert any("No model is published for line demo" in i.value for i in at.info)
+    assert not at.metric and not at.button
+    assert not (fixture.workspace / "mlruns.db").exists()  # looking creates no registry
+
+
+def test_shared_secret_and_proxy_header_gate_every_action(
+        line: LineFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_review(line, auth="secret", secret_env="EXDD_TEST_LINE_KEY")
+    monkeypatch.setenv("EXDD_TEST_LINE_KEY", "open-sesame")
+    at = _app()
+    at.sidebar.text_input(key="operator").input("ana").run()
+    at.radio(key=_form(at, "verdict")).set_value("normal").run()
+    assert at.button(key="record").disabled
+    assert any("access key is wrong" in w.value for w in at.sidebar.warning)
+    at.sidebar.text_input(key="access_key").input("open-sesame").run()
+    assert not at.button(key="record").disabled
+    texts = [e.value for e in (*at.markdown, *at.caption, *at.warning, *at.error, *at.info)]
+    assert not any("open-sesame" in t for t in texts)  # the key is never echoed
+
+    _set_review(line, auth="header")
+    at = _app()  # AppTest sends no proxy headers: nobody may act
+    at.radio(key=_form(at, "verdict")).set_value("normal").run()
+    assert at.button(key="record").disabled
+    assert any("X-Forwarded-User missing" in w.value for w in at.sidebar.warning)
