@@ -9,14 +9,14 @@ Two rules, chosen by ``model.scoring``:
     chance, which hurts image ranking.
 
 ``calibrated``
-    Ours. Distances are first put on a common scale: each bank's typical nearest-neighbour
-    distance for its own kind of patch (tau, measured on training patches the coreset left
-    out). The defect bank then acts as a soft posterior, p = z_N / (z_N + z_P), that
-    re-weights the normality distance: map = 2 p z_N. A patch far from both banks (a defect
-    type never seen) keeps its single-bank score (p ~ 1/2); a patch that looks like a known
-    defect is doubled; an unusual but normal-looking patch, much farther from M_P than
-    from M_N, is damped. The image score is the mean of the top ``top_k_fraction`` of the
-    smoothed map, which is robust to a single hot pixel.
+    Ours. The pixel map is d_N / (d_P + tau_P), where tau_P is the defect bank's typical
+    nearest-neighbour distance for a defect patch (measured on training defect patches the
+    coreset left out). The ratio alone explodes wherever a patch happens to sit very close
+    to one defect exemplar, normal or not; adding tau_P says "closer to a defect than a
+    defect usually is to its bank is no further evidence", which bounds the denominator by
+    the bank's own resolution. The image score is read off the smoothed map (the mean of its
+    top ``top_k_fraction``), so image and pixel decisions agree and one hot pixel does not
+    decide an image. See docs/benchmarks.md for the measurement behind the default.
 
 With ``single_bank`` (PatchCore), the map is d_N and the image score is reweighted s_N.
 """
@@ -97,8 +97,6 @@ def score_patches(patches: np.ndarray, grid: tuple[int, int], out_size: tuple[in
         patch_map = d_n / (d_p + rule.eps)
         amap = upsample_and_smooth(patch_map.reshape(grid), *out_size, rule.smoothing_sigma)
         return s_n / (s_p + rule.eps), amap
-    z_n = d_n / normal.tau
-    z_p = d_p / defect.tau
-    patch_map = 2.0 * z_n * z_n / (z_n + z_p + rule.eps)
+    patch_map = d_n / (d_p + defect.tau)
     amap = upsample_and_smooth(patch_map.reshape(grid), *out_size, rule.smoothing_sigma)
     return top_k_mean(amap, rule.top_k_fraction), amap

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "validate", help="validate an inbox of new line images into a manifest data set",
         description="Validate every file in the inbox; accepted ones join the data set "
                     "(DIR/manifest.csv, images/, masks/), failed ones go to DIR/quarantine/ "
-                    "with a JSON reason each. Inbox: a folder or s3://bucket/prefix "
+                    "with a JSON reason each. A labels row whose 'replaces' names a data-set "
+                    "image with the same bytes updates that image's label and mask "
+                    "(history in DIR/label_history.jsonl). Inbox: a folder or s3://bucket/prefix "
                     "(endpoint and credentials from the AWS_* environment variables).",
     )
     p.add_argument("--inbox", required=True, help="local folder or s3://bucket/prefix")
@@ -40,7 +42,8 @@ def run_validate(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=1))
     else:
         print(f"batch {result.batch}: {result.n_total} image(s), {result.n_accepted} accepted, "
-              f"{result.n_quarantined} quarantined ({result.failed_fraction:.0%} failed, "
+              f"{result.n_quarantined} quarantined, {result.n_relabelled} label update(s) "
+              f"({result.failed_fraction:.0%} failed, "
               f"limit {params.intake.max_failed_fraction:.0%})")
         print(f"report: {result.report_path}")
         for check in result.batch_failures:

@@ -7,7 +7,9 @@ Protocol (work folder ``DIR/.intake/``, on the data set's file system):
    the data set or the inbox has changed yet; a crash here leaves the old state and the
    next run throws the work folder away and starts over.
 2. *Commit*: ``journal.json`` is written atomically. It lists every move
-   (staged file -> data-set path, its sha256, the inbox file it came from).
+   (staged file -> data-set path, its sha256, the inbox file it came from). A move
+   without a staged file only checks that its destination holds those bytes: a label
+   update's image, which is already in the data set.
 3. *Apply*: each staged file is renamed into place (atomic, same file system; a move
    already done is recognised by its destination's hash); the manifest goes last, so it
    never names a missing file. Directories are fsynced, then the report is copied.
@@ -45,9 +47,10 @@ KILL_ENV = "EXDD_INTAKE_KILL_AT"
 
 @dataclass(frozen=True)
 class Move:
-    """Put ``staged`` (relative to the work folder) at ``dest`` (relative to the data set)."""
+    """Put ``staged`` (relative to the work folder) at ``dest`` (relative to the data set);
+    ``staged`` None: the inbox file is already there (a relabelled data-set image)."""
 
-    staged: str
+    staged: str | None
     dest: str
     sha256: str
     key: str | None = None  # the inbox file it came from; None for a generated file
@@ -101,8 +104,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _place(move: Move, work: Path, dataset: Path) -> None:
-    staged, dest = work / move.staged, dataset / move.dest
-    if staged.exists():
+    dest = dataset / move.dest
+    staged = work / move.staged if move.staged is not None else None
+    if staged is not None and staged.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, dest)
     elif not dest.is_file() or sha256_file(dest) != move.sha256:

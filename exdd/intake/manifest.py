@@ -3,12 +3,17 @@
 Rows carry image, mask, label, split (read by ``exdd.datasets.load_samples``) and the
 provenance columns sha256, source, added. A folder that is still in KSDD2 layout without
 a manifest is adopted as is: its samples become the first manifest rows.
+
+A label update (an operator's verdict on an accepted image) rewrites that image's row;
+``DIR/label_history.jsonl`` keeps, append-only, every row as it was before and after, so
+no earlier label or mask is lost (old masks stay in ``masks/`` under their own names).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,7 @@ IMAGES_DIR = "images"
 MASKS_DIR = "masks"
 QUARANTINE_DIR = "quarantine"
 LABELS_DIR = "labels"
+HISTORY_NAME = "label_history.jsonl"
 
 
 @dataclass
@@ -40,12 +46,16 @@ class DatasetProfile:
 
 
 def read_rows(dataset: Path) -> list[dict[str, str]]:
-    """Manifest rows of ``dataset``; [] for a new data set; KSDD2 folders are adopted."""
+    """Manifest rows of ``dataset`` (sha256 always set); [] for a new data set; KSDD2
+    folders are adopted."""
     manifest = dataset / MANIFEST_NAME
     if manifest.is_file():
         load_samples(manifest)  # the same validation every consumer applies
         with open(manifest, newline="") as f:
-            return [{c: row.get(c) or "" for c in COLUMNS} for row in csv.DictReader(f)]
+            rows = [{c: row.get(c) or "" for c in COLUMNS} for row in csv.DictReader(f)]
+        for row in rows:  # hand-written manifests may lack hashes; duplicates need them
+            row["sha256"] = row["sha256"] or sha256_file(dataset / row["image"])
+        return rows
     if not any((dataset / split).is_dir() for split in SPLITS):
         return []
     try:
@@ -74,12 +84,20 @@ def manifest_text(rows: list[dict[str, str]]) -> str:
     return out.getvalue()
 
 
+def history_text(dataset: Path, entries: list[dict[str, object]]) -> str:
+    """The label history with ``entries`` appended (earlier lines kept byte for byte)."""
+    path = dataset / HISTORY_NAME
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    return old + "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
+
+
 def profile(dataset: Path, rows: list[dict[str, str]], max_images: int) -> DatasetProfile:
     """Hashes of all accepted images; size, mode and intensity of an even sample of them."""
     prof = DatasetProfile(n_images=len(rows))
     for row in rows:
-        sha = row["sha256"] or sha256_file(dataset / row["image"])
-        prof.hashes.setdefault(sha, row["image"])
+        prof.hashes.setdefault(row["sha256"], row["image"])
     step = max(1, -(-len(rows) // max_images))
     means = []
     for row in rows[::step]:

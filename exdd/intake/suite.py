@@ -5,6 +5,11 @@ Bounds come from ``IntakeConfig`` and, where that makes sense, from the accepted
 so a line's own normal look is the reference. Every expectation runs with ``COMPLETE``
 results keyed by the ``path`` column, which maps each unexpected value back to its file.
 
+Label updates (``kind`` relabel: the bytes of an image already accepted) are checked for
+their label and mask like any row; the image's own look was checked when it was accepted
+(possibly under other bounds), and it is a data-set duplicate by definition, so those
+expectations are restricted to new images.
+
 great_expectations is imported inside the functions: it takes seconds to import, and the
 library is also imported by DAG files that must parse quickly.
 """
@@ -22,6 +27,7 @@ import pandas as pd
 from exdd.config import IntakeConfig
 from exdd.datasets import IMAGE_SUFFIXES, SPLITS
 from exdd.intake.manifest import DatasetProfile
+from exdd.intake.table import KIND_NEW
 
 SUITE_NAME = "exdd-intake"
 SITE_NAME = "intake_report"
@@ -96,6 +102,7 @@ def expectations(b: Bounds) -> list[Any]:
         return exp_cls(meta={"check": text}, **kwargs)
 
     defect = {"row_condition": Column("label") == b.defect_label}
+    new = {"row_condition": Column("kind") == KIND_NEW}
     exps = [
         check(gxe.ExpectTableRowCountToBeBetween, "number of files in the batch within bounds",
               min_value=b.min_rows, max_value=b.max_rows),
@@ -104,16 +111,17 @@ def expectations(b: Bounds) -> list[Any]:
         check(gxe.ExpectColumnValuesToBeInSet, "file decodes as an image",
               column="decodable", value_set=[True]),
         check(gxe.ExpectColumnValuesToBeInSet, "colour mode is the line's",
-              column="mode", value_set=b.modes),
+              column="mode", value_set=b.modes, **new),
         check(gxe.ExpectColumnValuesToBeBetween,
               "mean intensity in the line's range (no black or blown-out frame)",
-              column="mean_intensity", min_value=b.mean_min, max_value=b.mean_max),
+              column="mean_intensity", min_value=b.mean_min, max_value=b.mean_max, **new),
         check(gxe.ExpectColumnValuesToBeBetween, "intensity varies (not a flat frame)",
-              column="std_intensity", min_value=b.std_min),
+              column="std_intensity", min_value=b.std_min, **new),
         check(gxe.ExpectColumnValuesToBeNull, "not a duplicate of an earlier inbox file",
               column="duplicate_in_inbox"),
-        check(gxe.ExpectColumnValuesToBeNull, "not already in the data set",
-              column="duplicate_in_dataset"),
+        check(gxe.ExpectColumnValuesToBeNull,
+              "not already in the data set (unless it is a label update of that image)",
+              column="duplicate_in_dataset", **new),
         check(gxe.ExpectColumnValuesToBeInSet, "label in the allowed set",
               column="label", value_set=b.labels),
         check(gxe.ExpectColumnValuesToBeInSet, "split is train or test",
@@ -134,7 +142,7 @@ def expectations(b: Bounds) -> list[Any]:
     for column, value in (("width", b.width), ("height", b.height)):
         if value is not None:
             exps.append(check(gxe.ExpectColumnValuesToBeBetween, f"image {column} is the line's",
-                              column=column, min_value=value, max_value=value))
+                              column=column, min_value=value, max_value=value, **new))
     return exps
 
 

@@ -4,6 +4,10 @@ One row per inbox image: what the bytes are (hash, size, decodable, geometry, mo
 intensity), what the operator said about them (label, mask, split, capture time, from
 the labels sidecar), and how they relate to other files (mask checks, duplicates). The
 suite only ever sees this table, so every check has a column someone can inspect.
+
+A row's ``kind`` is ``relabel`` when its sidecar ``replaces`` names a data-set image with
+the very same bytes: the operator's verdict on an accepted image (``exdd.review`` exports
+those), a label update rather than a new image. Every other row is ``new``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import csv
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -22,12 +26,14 @@ from exdd.config import IntakeConfig
 from exdd.errors import DataError
 
 SIDECAR_REQUIRED = ("image", "label")
-SIDECAR_OPTIONAL = ("mask", "split", "timestamp")
+SIDECAR_OPTIONAL = ("mask", "split", "timestamp", "replaces")
+KIND_NEW = "new"
+KIND_RELABEL = "relabel"
 TABLE_COLUMNS = (
-    "path", "sha256", "size_bytes", "suffix", "decodable", "decode_error", "width", "height",
-    "mode", "channels", "mean_intensity", "std_intensity", "label", "split", "timestamp",
-    "duplicate_in_inbox", "duplicate_in_dataset", "mask", "mask_found", "mask_decodable",
-    "mask_size_match", "mask_nonempty",
+    "path", "sha256", "kind", "replaces", "size_bytes", "suffix", "decodable", "decode_error",
+    "width", "height", "mode", "channels", "mean_intensity", "std_intensity", "label", "split",
+    "timestamp", "duplicate_in_inbox", "duplicate_in_dataset", "mask", "mask_found",
+    "mask_decodable", "mask_size_match", "mask_nonempty",
 )
 
 
@@ -48,12 +54,14 @@ class ImageInfo:
 
 @dataclass(frozen=True)
 class LabelEntry:
-    """One labels-sidecar row: the operator's label, mask key, split and capture time."""
+    """One labels-sidecar row: the operator's label, mask key, split, capture time, and the
+    data-set image (path relative to the data set) it is a verdict on, if any."""
 
     label: str
-    mask: str | None
-    split: str | None
-    timestamp: str | None
+    mask: str | None = None
+    split: str | None = None
+    timestamp: str | None = None
+    replaces: str | None = None
 
 
 def describe_image(path: Path) -> ImageInfo:
@@ -97,8 +105,9 @@ def read_sidecar(data: bytes, name: str, keys: set[str]) -> dict[str, LabelEntry
                 raise DataError(f"{name}:{lineno}: mask {mask!r} listed for both "
                                 f"{mask_owner[mask]!r} and {image!r}")
             mask_owner[mask] = image
+        replaces = fields["replaces"] and PurePosixPath(fields["replaces"]).as_posix()
         entries[image] = LabelEntry((row.get("label") or "").strip(), mask,
-                                    fields["split"], fields["timestamp"])
+                                    fields["split"], fields["timestamp"], replaces)
     clash = sorted(set(mask_owner) & {i for i in entries if i in keys})
     if clash:
         raise DataError(f"{name}: {clash[0]!r} is listed both as an image and as a mask")
@@ -115,23 +124,35 @@ def build_table(
     hashes: Mapping[str, str],
     labels: Mapping[str, LabelEntry],
     dataset_hashes: Mapping[str, str],
+    dataset_rows: Mapping[str, Mapping[str, str]],
     cfg: IntakeConfig,
     mask_threshold: int,
 ) -> pd.DataFrame:
-    """One row per inbox image (masks and the sidecar excluded), in key order."""
+    """One row per inbox image (masks and the sidecar excluded), in key order.
+
+    ``dataset_hashes`` maps each accepted sha256 to its image, ``dataset_rows`` each image
+    path to its manifest row. A relabel keeps its image's split; an inbox duplicate is a
+    second file of the same kind and hash (for relabels: a second verdict on one image).
+    """
     masks = mask_keys(labels, set(files))
-    first_of_hash: dict[str, str] = {}
+    first_of_hash: dict[tuple[str, str], str] = {}
     rows = []
     for key in sorted(files):
         if key in masks:
             continue
         sha = hashes[key]
-        earlier = first_of_hash.setdefault(sha, key)
+        entry = labels.get(key, LabelEntry(cfg.default_label))
+        target = dataset_rows.get(entry.replaces or "")
+        if target is not None and target["sha256"] != sha:
+            target = None  # names an image with other bytes: not a verdict on it
+        kind = KIND_NEW if target is None else KIND_RELABEL
+        earlier = first_of_hash.setdefault((kind, sha), key)
         info = describe_image(files[key])
-        entry = labels.get(key, LabelEntry(cfg.default_label, None, None, None))
         row = {
             "path": key,
             "sha256": sha,
+            "kind": kind,
+            "replaces": None if target is None else entry.replaces,
             "size_bytes": files[key].stat().st_size,
             "suffix": Path(key).suffix.lower(),
             "decodable": info.decodable,
@@ -143,7 +164,7 @@ def build_table(
             "mean_intensity": info.mean,
             "std_intensity": info.std,
             "label": entry.label,
-            "split": entry.split or cfg.default_split,
+            "split": entry.split or cfg.default_split if target is None else target["split"],
             "timestamp": entry.timestamp,
             "duplicate_in_inbox": earlier if earlier != key else None,
             "duplicate_in_dataset": dataset_hashes.get(sha),

@@ -6,6 +6,11 @@ a JSON reason per file in ``DIR/quarantine/<batch>/reasons/`` naming the expecta
 broke. The labels sidecar is kept as ``DIR/labels/<batch>.csv``. The batch id is a hash
 of the inbox's names and contents, so a re-run of an interrupted batch files everything
 to the same places. See ``exdd.intake.journal`` for the crash-safety protocol.
+
+A label update (a sidecar row whose ``replaces`` names a data-set image with the same
+bytes, see ``exdd.intake.table``) that passes changes that image's manifest row (label,
+mask; its old mask stays) and appends to ``DIR/label_history.jsonl``; its inbox image
+needs no new copy: its placement is the data-set image it relabels.
 """
 
 from __future__ import annotations
@@ -33,17 +38,19 @@ from exdd.fsutil import sha256_file, write_text_atomic
 from exdd.intake.inbox import Inbox, InboxFile, LocalInbox, open_inbox
 from exdd.intake.journal import REPORT_STAGING, Journal, Move, apply
 from exdd.intake.manifest import (
+    HISTORY_NAME,
     IMAGES_DIR,
     LABELS_DIR,
     MANIFEST_NAME,
     MASKS_DIR,
     QUARANTINE_DIR,
+    history_text,
     manifest_text,
     profile,
     read_rows,
 )
 from exdd.intake.suite import Bounds, Outcome, derive_bounds, jsonable, run_suite
-from exdd.intake.table import build_table, read_sidecar
+from exdd.intake.table import KIND_RELABEL, build_table, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,8 @@ class IntakeResult:
     placements: dict[str, str] = field(default_factory=dict)  # every inbox key -> its path
     batch_failures: list[str] = field(default_factory=list)  # failed table-level checks
     kept_in_inbox: list[str] = field(default_factory=list)  # changed while we ran
+    n_relabelled: int = 0  # label updates of accepted images (not in n_accepted)
+    relabelled: list[str] = field(default_factory=list)  # their data-set image paths
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "report_path": str(self.report_path) if self.report_path else None}
@@ -165,7 +174,8 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
     files = {k: p for k, p in paths.items() if k != cfg.labels_file}
     labels = {} if sidecar is None else read_sidecar(
         sidecar.read_bytes(), f"{source.uri}/{cfg.labels_file}", set(files))
-    table = build_table(files, hashes, labels, prof.hashes, cfg, threshold)
+    rows_by_image = {r["image"]: r for r in old_rows}
+    table = build_table(files, hashes, labels, prof.hashes, rows_by_image, cfg, threshold)
     bounds = derive_bounds(cfg, prof, table)
     outcome = run_suite(table, bounds, work / REPORT_STAGING / DATA_DOCS_DIR)
 
@@ -173,22 +183,40 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
     moves: list[Move] = []
     placements: dict[str, str] = {}
 
-    def move(key: str, dest: str) -> None:
+    def move(key: str, dest: str, in_place: bool = False) -> None:
         item = by_key[key]
-        moves.append(Move(paths[key].relative_to(work).as_posix(), dest, hashes[key], key,
-                          item.size, item.version))
+        staged = None if in_place else paths[key].relative_to(work).as_posix()
+        moves.append(Move(staged, dest, hashes[key], key, item.size, item.version))
         placements[key] = dest
 
     def generated(name: str, dest: str, text: str) -> None:
         write_text_atomic(work / name, text)
         moves.append(Move(name, dest, hashlib.sha256(text.encode()).hexdigest()))
 
+    def label(row: dict[str, Any]) -> str:
+        return "defect" if row["label"] == cfg.defect_label else "normal"
+
     qdir = f"{QUARANTINE_DIR}/{batch}"
-    new_rows, accepted, quarantined = [], [], []
+    new_rows, accepted, quarantined, relabelled, history = [], [], [], [], []
     for row in table.to_dict("records"):
         key, sha = row["path"], row["sha256"]
         failed = outcome.row_failures.get(key, []) + outcome.table_failures
         mask = row["mask"] if row["mask_found"] else None
+        if not failed and row["kind"] == KIND_RELABEL:
+            target = row["replaces"]
+            move(key, target, in_place=True)
+            mask_dest = ""
+            if mask:  # named by both hashes: never overwrites the image's earlier mask
+                mask_dest = (f"{MASKS_DIR}/{sha[:NAME_HASH_CHARS]}_GT-"
+                             f"{hashes[mask][:NAME_HASH_CHARS]}{Path(mask).suffix.lower()}")
+                move(mask, mask_dest)
+            old = rows_by_image[target]
+            rows_by_image[target] = {**old, "label": label(row), "mask": mask_dest}
+            history.append({"image": target, "sha256": sha, "batch": batch, "changed": now,
+                            "source": f"{source.uri}/{key}", "old": old,
+                            "new": rows_by_image[target]})
+            relabelled.append(target)
+            continue
         if not failed:
             dest = f"{IMAGES_DIR}/{sha[:NAME_HASH_CHARS]}{row['suffix']}"
             move(key, dest)
@@ -197,8 +225,7 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
                 mask_dest = f"{MASKS_DIR}/{sha[:NAME_HASH_CHARS]}_GT{Path(mask).suffix.lower()}"
                 move(mask, mask_dest)
             new_rows.append({
-                "image": dest, "mask": mask_dest,
-                "label": "defect" if row["label"] == cfg.defect_label else "normal",
+                "image": dest, "mask": mask_dest, "label": label(row),
                 "split": row["split"], "sha256": sha, "source": f"{source.uri}/{key}",
                 "added": now,
             })
@@ -216,8 +243,11 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
         quarantined.append(placements[key])
     if sidecar is not None:
         move(cfg.labels_file, f"{LABELS_DIR}/{batch}.csv")
-    if new_rows:  # last: the manifest never names a file that is not in place yet
-        generated(MANIFEST_NAME, MANIFEST_NAME, manifest_text(old_rows + new_rows))
+    if history:
+        generated(HISTORY_NAME, HISTORY_NAME, history_text(dataset, history))
+    if new_rows or history:  # last: the manifest never names a file that is not in place yet
+        updated = [rows_by_image[r["image"]] for r in old_rows]
+        generated(MANIFEST_NAME, MANIFEST_NAME, manifest_text(updated + new_rows))
 
     unfiled = set(by_key) - set(placements)
     if unfiled:  # a bug guard: no inbox file may ever be skipped
@@ -233,7 +263,8 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
     batch_failures = [f"{f['check']} (observed {f.get('observed')})"
                       for f in outcome.table_failures]
     result = IntakeResult(batch, n_total, len(accepted), len(quarantined), accepted,
-                          quarantined, report_dir, passed, fraction, placements, batch_failures)
+                          quarantined, report_dir, passed, fraction, placements, batch_failures,
+                          n_relabelled=len(relabelled), relabelled=relabelled)
     orphans = sorted(set(labels) - set(files))
     _write_report(work, result, source.uri, dataset, bounds, outcome, table, orphans)
     journal = Journal(batch, source.uri, moves, str(report_dir), result.to_json())
