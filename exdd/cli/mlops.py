@@ -1,5 +1,167 @@
-"""Placeholder: filled in by its owner."""
+"""``exdd gate | publish | rollback | models | curves | workspace init``: model lifecycle.
+
+Each command works on a line workspace (``--repo``, default the current folder) and its
+params.yaml (``--config`` overrides); ``--line`` picks the line. The library modules are
+imported inside the handlers: MLflow and DVC cost seconds to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from exdd.config import Params, load_params
+from exdd.errors import DataError
+
+WIDE = 160  # table width when stdout is not a terminal
 
 
-def register(sub) -> None:
-    """Add this module's sub-commands."""
+def _context(args: argparse.Namespace) -> tuple[Params, Path]:
+    repo = Path(args.repo).resolve()
+    config = args.config or (repo / "params.yaml" if (repo / "params.yaml").is_file() else None)
+    params = load_params(config) if config else Params()
+    if args.line:
+        params.publish.line = args.line
+    return params, repo
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from exdd.gate import run_gate
+
+    params, repo = _context(args)
+    benchmark = Path(args.benchmark) if args.benchmark else repo / params.gate.benchmark
+    decision = run_gate(Path(args.candidate), benchmark, params, repo)
+    for reason in decision.reasons:
+        print(f"  {reason}")
+    verdict = "PASSED" if decision.passed else f"FAILED (registered as version " \
+                                                f"{decision.rejected_version}, alias rejected)"
+    print(f"gate {verdict}: model {decision.model_hash[:12]}, decision in "
+          f"{Path(args.candidate) / 'gate.json'}")
+    return 0 if decision.passed else 1
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from exdd.publish import publish
+
+    params, repo = _context(args)
+    done = publish(Path(args.model), params, repo)
+    print(f"published {done.tag}: version {done.version}, model {done.model_hash[:12]}, "
+          "alias champion")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from exdd.publish import current_user
+    from exdd.rollback import rollback
+
+    params, repo = _context(args)
+    done = rollback(args.to, params, repo, args.reason, args.who or current_user())
+    print(f"rolled back: {done.tag} (version {done.version}, model {done.model_hash[:12]}) "
+          "is the champion again")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from exdd.registry import TAG_GATE, TAG_GIT, TAG_HASH, Registry, redact
+
+    params, repo = _context(args)
+    registry = Registry(params, repo)
+    by_version: dict[int, list[str]] = {}
+    for alias, version in registry.aliases().items():
+        by_version.setdefault(version, []).append(alias)
+    table = Table(title=f"{registry.name} ({redact(registry.uri)})")
+    for column in ("version", "alias", "git tag", "image AUROC", "pixel AUROC", "gate",
+                   "model", "registered (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for v in registry.versions():
+        aliases = sorted(by_version.get(int(v.version), []))
+        gate = {"true": "passed", "false": "failed"}.get(v.tags.get(TAG_GATE, ""), "?")
+        created = datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc)
+        table.add_row(
+            str(v.version), ", ".join(aliases), v.tags.get(TAG_GIT, ""),
+            _figure(v.tags.get("image_auroc")), _figure(v.tags.get("pixel_auroc")), gate,
+            v.tags.get(TAG_HASH, "")[:12], created.strftime("%Y-%m-%d %H:%M"),
+            style="bold green" if "champion" in aliases else None,
+        )
+    # A pipe or a log gets the whole table, not one cut to 80 columns.
+    Console(width=None if sys.stdout.isatty() else WIDE).print(table)
+    return 0
+
+
+def _figure(text: str | None) -> str:
+    return f"{float(text):.4f}" if text else ""
+
+
+def _workspace_init(args: argparse.Namespace) -> int:
+    from exdd.workspace import init_workspace
+
+    ws = init_workspace(Path(args.dir), args.config, args.remote, demo=not args.no_demo)
+    print(f"workspace ready in {ws.root}: run `dvc repro` there, then `exdd gate` and "
+          "`exdd publish`")
+    return 0
+
+
+def _curves(args: argparse.Namespace) -> int:
+    import json
+
+    from exdd.curves import write_curves
+
+    metrics_file = Path(args.metrics)
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{metrics_file}: cannot read metrics ({err})") from None
+    for path in write_curves(metrics, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="params.yaml to use (default: the workspace's)")
+    parser.add_argument("--line", help="line name (default: publish.line of the params)")
+    parser.add_argument("--repo", default=".", help="line workspace (git + DVC repository)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add gate, publish, rollback, models, curves and workspace."""
+    gate = sub.add_parser("gate", help="promotion gate: thresholds and no regression vs champion")
+    gate.add_argument("--candidate", required=True, metavar="MODEL_DIR")
+    gate.add_argument("--benchmark", help="benchmark data set (default: gate.benchmark)")
+    _common(gate)
+    gate.set_defaults(func=_gate)
+
+    pub = sub.add_parser("publish", help="push, tag, register and make a gated model champion")
+    pub.add_argument("--model", required=True, metavar="MODEL_DIR")
+    _common(pub)
+    pub.set_defaults(func=_publish)
+
+    back = sub.add_parser("rollback", help="make an earlier published version the champion")
+    back.add_argument("--to", required=True, metavar="TAG_OR_VERSION",
+                      help="model-<line>-v<N>, v<N> or N")
+    back.add_argument("--reason", required=True, help="why (goes to the audit log)")
+    back.add_argument("--who", help="who decided (default: $EXDD_USER or the login name)")
+    _common(back)
+    back.set_defaults(func=_rollback)
+
+    models = sub.add_parser("models", help="registered versions, metrics, gate, champion")
+    _common(models)
+    models.set_defaults(func=_models)
+
+    curves = sub.add_parser("curves", help="ROC / PR curves of a metrics.json as CSV (dvc plots)")
+    curves.add_argument("--metrics", required=True, help="metrics.json written by exdd evaluate")
+    curves.add_argument("--out", required=True, help="folder for roc.csv and pr.csv")
+    curves.set_defaults(func=_curves)
+
+    ws = sub.add_parser("workspace", help="line workspaces (git + DVC repositories)")
+    ws_sub = ws.add_subparsers(dest="workspace_command", required=True)
+    init = ws_sub.add_parser("init", help="create a workspace with the pipeline and demo data")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("--remote", help="DVC remote URL (default: publish.dvc_remote_url)")
+    init.add_argument("--config", help="params.yaml to copy in (default: exdd's own)")
+    init.add_argument("--no-demo", action="store_true", help="no demo inbox and benchmark")
+    init.set_defaults(func=_workspace_init)

@@ -1,0 +1,66 @@
+"""Rollback: make an earlier published version the champion again, exactly as published.
+
+The version's ``.dvc`` file comes back from its git tag, its files from the DVC cache (or
+the remote when the cache lacks them), every file's sha256 is checked and must give the
+tagged model hash; then the change is committed, the MLflow alias ``champion`` moves to
+the version, and who / when / why goes to the append-only audit log. As with publishing,
+a failure leaves the current champion in place everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from exdd.config import Params
+from exdd.errors import ConfigError, ModelError
+from exdd.fsutil import write_text_atomic
+from exdd.modelio import model_hash, verify
+from exdd.publish import PublishedModel, append_audit, published_versions
+from exdd.registry import CHAMPION, Registry
+from exdd.workspace import Workspace
+
+VERSION_RE = re.compile(r"v?(\d+)")
+
+
+def resolve(ws: Workspace, line: str, to: str) -> tuple[PublishedModel, dict[str, Any]]:
+    """A published version named by its tag (``model-demo-v1``), ``v1`` or ``1``."""
+    versions = published_versions(ws, line)
+    number = VERSION_RE.fullmatch(to.strip())
+    for record, info in versions:
+        if record.tag == to or (number and record.version == int(number.group(1))):
+            return record, info
+    known = ", ".join(r.tag for r, _ in versions) or "none"
+    raise ConfigError(f"{ws.root}: no published version {to!r} of line {line!r} "
+                      f"(published: {known})")
+
+
+def rollback(to: str, params: Params, repo: Path, reason: str, who: str) -> PublishedModel:
+    """Restore version ``to`` as the champion; returns it."""
+    if not reason.strip():
+        raise ConfigError("a rollback needs a reason (--reason)")
+    ws, cfg = Workspace(repo), params.publish
+    record, info = resolve(ws, cfg.line, to)
+    dvc_file = info["dvc_file"]
+    text = ws.show(record.tag, dvc_file)
+    if text is None:
+        raise ModelError(f"{record.tag}: tag holds no {dvc_file}")
+    registry = Registry(params, ws.root)
+    previous = registry.alias(CHAMPION)
+    with ws.transaction([dvc_file], cfg.dvc_remote):
+        write_text_atomic(ws.path(dvc_file), text)
+        ws.restore(dvc_file, cfg.dvc_remote)
+        restored = ws.path(dvc_file).with_suffix("")
+        verify(restored)
+        if model_hash(restored) != record.model_hash:
+            raise ModelError(f"{restored}: restored files give model {model_hash(restored)[:12]}, "
+                             f"{record.tag} published {record.model_hash[:12]}")
+        commit = ws.commit(f"rollback {cfg.line} to {record.tag}: {reason} (by {who})", [dvc_file])
+        registry.set_alias(CHAMPION, record.version)
+    append_audit(ws.root, params, {
+        "event": "rollback", "who": who, "reason": reason, "tag": record.tag,
+        "version": record.version, "model_hash": record.model_hash, "commit": commit,
+        "from_version": int(previous.version) if previous is not None else None,
+    })
+    return record

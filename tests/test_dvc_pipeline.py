@@ -1,0 +1,145 @@
+"""The DVC pipeline of a line workspace, run for real with ``dvc repro`` on demo data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlops_helpers import make_line, write_params
+
+from exdd.cli import main as exdd_main
+from exdd.config import load_params
+from exdd.datasets import load_samples
+from exdd.errors import ExddError
+from exdd.model import data_fingerprint
+from exdd.modelio import verify
+from exdd.workspace import Workspace, scrub
+
+pytestmark = pytest.mark.slow  # a whole pipeline run, one subprocess per stage
+
+STAGES = ("validate", "synthesize", "fit", "evaluate", "curves")
+CANDIDATE = "models/candidate/checksums.json"
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dvc`` in the workspace, with this venv's ``exdd`` first on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("EXDD_PARAMS", None)
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("pipeline")
+    repo, params = make_line(root, str(root / "remote"))
+    first = dvc(repo, "repro")
+    return root, repo, params, first.stdout
+
+
+def test_repro_runs_the_pipeline_end_to_end(line) -> None:
+    _, repo, params, out = line
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    assert not list((repo / "data/inbox").glob("*.png"))  # every inbox file was filed
+    train = load_samples(repo / "data/dataset/manifest.csv", "train")
+    assert len(train) == params.demo.train_normal + params.demo.train_defect
+    assert len(load_samples(repo / "data/synthetic")) == params.synth.count
+    verify(repo / "models/candidate")
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    benchmark = load_samples(repo / params.gate.benchmark, "test")
+    assert metrics["benchmark_hash"] == data_fingerprint(benchmark)
+    assert metrics["n_test"] == len(benchmark)
+    with open(repo / "reports/plots/roc.csv", newline="") as f:
+        roc = list(csv.DictReader(f))
+    assert [float(r["fpr"]) for r in roc] == [p["fpr"] for p in metrics["roc"]]
+    [shown] = json.loads(dvc(repo, "metrics", "show", "--json").stdout).values()  # workspace
+    assert shown["data"]["reports/metrics.json"]["data"]["image_auroc"] == metrics["image_auroc"]
+
+
+def test_second_repro_with_nothing_changed_does_no_work(line) -> None:
+    _, repo, _, _ = line
+    before = {p: (repo / p).stat().st_mtime_ns for p in (CANDIDATE, "reports/metrics.json",
+                                                          "data/dataset/manifest.csv")}
+    out = dvc(repo, "repro").stdout
+    assert "Running stage" not in out
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert {p: (repo / p).stat().st_mtime_ns for p in before} == before
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+def test_a_model_param_invalidates_fit_but_not_the_data_stages(line) -> None:
+    _, repo, params, _ = line
+    original = (repo / "params.yaml").read_text()
+    raw = yaml.safe_load(original)
+    raw["model"]["knn"] = params.model.knn + 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    try:
+        changed = json.loads(dvc(repo, "status", "--json").stdout)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert "fit" in changed
+    assert not {"validate", "synthesize"} & set(changed)
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+def test_pipeline_candidate_is_gated_and_published_with_its_lineage(line, capsys) -> None:
+    root, repo, _, _ = line
+    assert exdd_main(["gate", "--candidate", str(repo / "models/candidate"),
+                      "--repo", str(repo)]) == 0
+    assert exdd_main(["publish", "--model", str(repo / "models/candidate"),
+                      "--repo", str(repo)]) == 0
+    assert "published model-demo-v1" in capsys.readouterr().out
+    ws = Workspace(repo)
+    # The tag pins the pipeline state that made the model ...
+    assert ws.show("model-demo-v1", "dvc.lock") == (repo / "dvc.lock").read_text()
+    # ... and the data behind it is on the remote, not only in the local cache.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    dataset_md5 = next(o["md5"] for o in lock["stages"]["validate"]["outs"]
+                       if o["path"] == "data/dataset")
+    assert (root / "remote/files/md5" / dataset_md5[:2] / dataset_md5[2:]).is_file()
+
+
+def test_workspace_init_cli(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-write-me-anywhere")
+    config = write_params(tmp_path / "p.yaml",
+                          {"publish": {"s3_endpoint_url": "http://127.0.0.1:9"}})
+    target = tmp_path / "ws"
+    assert exdd_main(["workspace", "init", str(target), "--config", str(config),
+                      "--remote", "s3://line-bucket/demo"]) == 0
+    ws = Workspace(target)
+    assert ws.git("status", "--porcelain") == ""
+    tracked = ws.git("ls-files").splitlines()
+    assert {"dvc.yaml", "params.yaml", ".dvc/config", "data/benchmark.dvc"} <= set(tracked)
+    dvc_config = (target / ".dvc/config").read_text()
+    assert "s3://line-bucket/demo" in dvc_config and "http://127.0.0.1:9" in dvc_config
+    assert not any("do-not-write-me-anywhere" in (target / f).read_text() for f in tracked)
+    assert "lines" not in yaml.safe_load((target / "params.yaml").read_text())
+    assert load_params(target / "params.yaml").publish.s3_endpoint_url == "http://127.0.0.1:9"
+    shipped = Path(__file__).parents[1] / "dvc.yaml"
+    assert (target / "dvc.yaml").read_text() == shipped.read_text()
+    assert (target / "data/inbox/labels.csv").is_file()
+
+    assert exdd_main(["workspace", "init", str(target), "--config", str(config)]) == 2
+    assert "already holds a dvc.yaml" in capsys.readouterr().err
+
+
+def test_command_errors_never_show_credentials(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASECRETKEYID")
+    ws = Workspace(tmp_path)
+    ws.git("init", "-q")
+    with pytest.raises(ExddError) as err:
+        ws.git("cat-file", "-t", "AKIASECRETKEYID")
+    assert "AKIASECRETKEYID" not in str(err.value) and "***" in str(err.value)
+    assert scrub("key AKIASECRETKEYID") == "key ***"
