@@ -121,6 +121,8 @@ class ModelConfig(Section):
     coreset_projection_dim: int = Field(128, ge=8, description="JL projection used while sampling")
     coreset_chunk_size: int = Field(16384, ge=64, description="rows per distance chunk while sampling")
     coreset_max_groups: int = Field(16, ge=1, description="groups compared per coreset step (speed only)")
+    coreset_sketch_dim: int = Field(24, ge=1, description="principal axes of the distance lower bound")
+    coreset_sketch_sample: int = Field(20000, ge=100, description="rows used to find those axes")
     nn_use_gpu: bool = Field(True, description="faiss on GPU when it has GPU support and CUDA")
     nn_batch_size: int = Field(65536, ge=1, description="queries per faiss search call")
     stream_chunk_patches: int = Field(

@@ -42,6 +42,9 @@ GITIGNORE = """\
 /data/inbox/
 /models/candidate/metrics.json
 /models/candidate/gate.json
+/reviews/verdicts.db
+/reviews/export.lock
+/reviews/masks/
 """
 
 
@@ -268,6 +271,8 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
         ws.git("init", "-q")
     if not (ws.root / ".dvc").exists():
         ws.dvc("init", "-q")
+        # no usage reports from unattended nightly runs (DVC would phone home on every command)
+        ws.dvc("config", "core.analytics", "false")
     shutil.copyfile(templates / "dvc.yaml", ws.root / "dvc.yaml")
     write_text_atomic(ws.root / "params.yaml", line_params_text(params_src.read_text()))
     ignore = ws.root / ".gitignore"

@@ -1,0 +1,121 @@
+"""Nightly retraining: one DAG per production line listed in params.yaml (``lines:``).
+
+validate_inbox → synthesize → build_banks → evaluate → gate → publish → score → report.
+Every task is a thin call into ``exdd.pipeline`` (no detector logic here); only small
+summaries travel in XCom, artifacts stay in the line's git + DVC workspace. A failed intake
+skips training and a failed gate skips publishing (the step is marked *skipped*, the
+champion stays); scoring with the champion and the report run either way. Tasks that touch
+the workspace's git/DVC state run in the line's pool of size 1 (``exdd_<line>_repo``,
+created at setup: ``airflow pools set exdd_<line>_repo 1 ...``).
+
+The params file is ``$EXDD_PARAMS``, else this repository's ``params.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from exdd.config import LineConfig, load_params
+
+PARAMS_FILE = Path(os.environ.get("EXDD_PARAMS")
+                   or Path(__file__).resolve().parents[1] / "params.yaml").resolve()
+DAG_PREFIX = "exdd_nightly_"
+
+
+def _step(line: str, name: str, *args: Any) -> Any:
+    """Run ``exdd.pipeline.<name>`` for this task's run; a skipped step skips the task."""
+    from exdd import pipeline
+
+    context = get_current_context()
+    run = pipeline.open_run(PARAMS_FILE, line, context["run_id"])
+    try:
+        return getattr(pipeline, name)(run, *args)
+    except pipeline.StepSkipped as why:
+        raise AirflowSkipException(str(why)) from None
+
+
+def nightly_dag(line: LineConfig) -> DAG:
+    """The nightly DAG of ``line``."""
+    name = line.name
+    # Summaries are one XCom each (not one per key); git/DVC steps share the line's pool.
+    plain = {"multiple_outputs": False}
+    repo = {**plain, "pool": line.repo_pool}
+    after_skips = {**plain, "trigger_rule": TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS}
+
+    @dag(
+        dag_id=f"{DAG_PREFIX}{name}",
+        description=f"exdd nightly retraining of line {name}",
+        schedule=line.schedule,
+        start_date=datetime.combine(line.start_date, time(), timezone.utc),
+        catchup=False,
+        max_active_runs=1,
+        tags=["exdd", f"line:{name}"],
+        doc_md=__doc__,
+        default_args={
+            "owner": "exdd",
+            "retries": line.retries,
+            "retry_delay": timedelta(seconds=line.retry_delay_s),
+            "retry_exponential_backoff": line.retry_backoff,
+            "max_retry_delay": timedelta(seconds=line.max_retry_delay_s),
+            "execution_timeout": timedelta(seconds=line.task_timeout_s),
+            "queue": line.queue,
+        },
+    )
+    def nightly() -> None:
+        @task(**repo)
+        def validate_inbox() -> dict:
+            return _step(name, "validate")
+
+        @task(**repo)
+        def synthesize(intake: dict) -> dict:
+            return _step(name, "synthesize", intake)
+
+        @task(**repo)
+        def build_banks() -> dict:
+            return _step(name, "build_banks")
+
+        @task(**repo)
+        def evaluate() -> dict:
+            return _step(name, "evaluate")
+
+        @task(**plain)
+        def gate(evaluated: dict) -> dict:
+            return _step(name, "gate", evaluated)
+
+        @task(**repo)
+        def publish(decision: dict) -> dict:
+            return _step(name, "publish", decision)
+
+        @task(**after_skips)
+        def score(intake: dict) -> dict:
+            return _step(name, "score", intake)
+
+        @task(**after_skips)
+        def report(intake: dict, evaluated: dict | None, decision: dict | None,
+                   published: dict | None, scored: dict) -> dict:
+            started = get_current_context()["dag_run"].start_date
+            return _step(name, "report", started.isoformat(timespec="seconds"), intake,
+                         evaluated, decision, published, scored)
+
+        intake = validate_inbox()
+        banks = build_banks()
+        synthesize(intake) >> banks
+        evaluated = evaluate()
+        banks >> evaluated
+        decision = gate(evaluated)
+        published = publish(decision)
+        scored = score(intake)
+        published >> scored
+        report(intake, evaluated, decision, published, scored)
+
+    return nightly()
+
+
+for _line in load_params(PARAMS_FILE).lines:
+    globals()[f"{DAG_PREFIX}{_line.name}"] = nightly_dag(_line)

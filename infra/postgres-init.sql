@@ -1,0 +1,2 @@
+-- The MLflow tracking server's database, beside Airflow's (docker-compose.yml).
+CREATE DATABASE mlflow OWNER airflow;

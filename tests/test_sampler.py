@@ -1,0 +1,112 @@
+"""The pruned greedy coreset: seeded, edge cases, and as good as plain farthest-point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from exdd.errors import DataError
+from exdd.sampler import GreedyCoresetSampler, coverage_radius
+
+RADIUS_TOLERANCE = 1.05  # the sampler's coverage radius may exceed exact greedy's by 5%
+
+
+def naive_greedy(points: np.ndarray, first: int, k: int) -> np.ndarray:
+    """Textbook farthest-point traversal: one full pass over all points per pick."""
+    chosen = [first]
+    nearest = np.linalg.norm(points - points[first], axis=1)
+    for _ in range(k - 1):
+        pick = int(np.argmax(nearest))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, np.linalg.norm(points - points[pick], axis=1))
+    return np.array(chosen)
+
+
+def uniform(n: int, dim: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, dim)).astype(np.float32)
+
+
+def clustered(n: int, dim: int, seed: int) -> np.ndarray:
+    """Gaussian blobs of different sizes and spreads, each flattened along some axes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 12, n)
+    centres = rng.normal(0, 6, (12, dim))
+    spread = rng.uniform(0.2, 1.5, (12, dim)) * (np.arange(1, dim + 1) ** -0.7)
+    return (centres[labels] + rng.standard_normal((n, dim)) * spread[labels]).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("data", "dim", "projection_dim"),
+    [(uniform, 16, 128), (clustered, 32, 128), (clustered, 48, 12)],
+)
+def test_radius_within_tolerance_of_exact_greedy(data, dim: int, projection_dim: int) -> None:
+    feats = data(3000, dim, seed=5)
+    sampler = GreedyCoresetSampler(0.05, projection_dim, seed=2, progress=False)
+    chosen = sampler.select(feats)
+    reference = naive_greedy(sampler.project(feats), int(chosen[0]), chosen.size)
+    fast, exact = coverage_radius(feats, chosen), coverage_radius(feats, reference)
+    assert chosen.size == reference.size == 150
+    assert fast <= RADIUS_TOLERANCE * exact, (fast, exact)
+
+
+def test_radius_is_the_largest_distance_to_the_selection() -> None:
+    feats = clustered(500, 8, seed=1)
+    chosen = GreedyCoresetSampler(0.1, seed=0, progress=False).select(feats)
+    expected = cdist(feats.astype(np.float64), feats[chosen].astype(np.float64)).min(axis=1).max()
+    assert coverage_radius(feats, chosen) == pytest.approx(expected, rel=1e-4)
+    # more members never make the coverage worse
+    more = GreedyCoresetSampler(0.3, seed=0, progress=False).select(feats)
+    assert coverage_radius(feats, more) <= coverage_radius(feats, chosen)
+
+
+def test_projection_only_narrows_wide_features() -> None:
+    narrow, wide = uniform(100, 16, 0), uniform(100, 64, 0)
+    sampler = GreedyCoresetSampler(0.1, projection_dim=32, seed=4)
+    assert sampler.project(narrow) is narrow  # no copy when already narrow enough
+    projected = sampler.project(wide)
+    assert projected.shape == (100, 32)
+    np.testing.assert_array_equal(projected, sampler.project(wide))
+
+
+def test_same_seed_same_coreset_other_seed_other_start() -> None:
+    feats = clustered(2000, 16, seed=9)
+    a = GreedyCoresetSampler(0.02, seed=7, progress=False).select(feats)
+    b = GreedyCoresetSampler(0.02, seed=7, progress=False).select(feats.copy())
+    c = GreedyCoresetSampler(0.02, seed=8, progress=False).select(feats)
+    np.testing.assert_array_equal(a, b)
+    assert a[0] != c[0]
+    for chosen in (a, c):
+        assert chosen.dtype == np.int64 and chosen.size == 40
+        assert np.unique(chosen).size == chosen.size
+        assert chosen.min() >= 0 and chosen.max() < 2000
+
+
+def test_fraction_edge_cases() -> None:
+    feats = uniform(57, 4, 0)
+    np.testing.assert_array_equal(
+        GreedyCoresetSampler(1.0, progress=False).select(feats), np.arange(57)
+    )
+    assert GreedyCoresetSampler(1e-6, progress=False).select(feats).size == 1
+    assert GreedyCoresetSampler(0.5, progress=False).select(feats[:1]).tolist() == [0]
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(DataError, match="fraction"):
+            GreedyCoresetSampler(bad)
+    for empty in (np.zeros((0, 4), np.float32), np.zeros(4, np.float32)):
+        with pytest.raises(DataError, match="non-empty"):
+            GreedyCoresetSampler(0.5).select(empty)
+
+
+def test_duplicate_points_still_give_distinct_indices() -> None:
+    """Once every point coincides with a member, the remaining picks must not repeat."""
+    feats = np.repeat(uniform(3, 5, 1), 10, axis=0)  # 3 distinct points, 10 copies each
+    chosen = GreedyCoresetSampler(0.4, progress=False).select(feats)
+    assert chosen.size == 12 and np.unique(chosen).size == 12
+    assert coverage_radius(feats, chosen) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_small_chunks_give_the_same_coreset() -> None:
+    feats = clustered(1500, 12, seed=3)
+    big = GreedyCoresetSampler(0.04, seed=1, progress=False).select(feats)
+    small = GreedyCoresetSampler(0.04, seed=1, chunk_size=64, progress=False).select(feats)
+    np.testing.assert_array_equal(big, small)
