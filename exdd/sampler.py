@@ -264,17 +264,7 @@ class _Traversal:
         lower = self.centre_bound[:t] * (1.0 - _BOUND_SLACK)
         # groups that may hold a patch nearer to c (d(c, c_j) < 2 r_j), the nearest first
         cand = np.flatnonzero(lower < 4.0 * self.radius[:t])
-        import os
-        budget = int(os.environ.get("ROWB", "0"))
-        if budget:
-            rank = lower[cand]
-            rank[cand == home] = -1.0
-            order = np.argsort(rank)
-            total = np.cumsum(self.sizes[cand[order]])
-            take = max(1, int(np.searchsorted(total, budget, side="right")))
-            if take < cand.size:
-                cand = np.concatenate([cand[order[:take]], self._stale_tops(t, cand[order[take:]])])
-        elif cand.size > self.max_groups:
+        if cand.size > self.max_groups:
             rank = lower[cand]
             rank[cand == home] = -1.0  # c's own group always
             order = np.argpartition(rank, self.max_groups - 1)
@@ -309,7 +299,10 @@ class _Traversal:
         # a patch within half of d(c, c_j) of its member c_j cannot come nearer to c
         maybe = np.flatnonzero(near > np.repeat(0.25 * lower, counts))
         # nor can one whose lower bound to c is already beyond its distance
-        bound = self.bound(rows[maybe], self.centre_sketch[dst])
+        if 2 * maybe.size > nearest.size:  # most patches: a contiguous pass beats gathering
+            bound = self.bound(None, self.centre_sketch[dst])[rows[maybe]]
+        else:
+            bound = self.bound(rows[maybe], self.centre_sketch[dst])
         maybe = maybe[bound < near[maybe] * (1.0 + _BOUND_SLACK)]
         exact = self.exact(rows[maybe], self.centres[dst])
         closer = exact < near[maybe]
