@@ -37,8 +37,6 @@ folders from the ``review`` section of its params:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -50,7 +48,7 @@ from typing import Any
 
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, DataError
-from exdd.fsutil import atomic_dir, write_text_atomic
+from exdd.fsutil import write_text_atomic
 from exdd.storage import is_s3_uri
 
 # Workspace paths fixed by the pipeline definition (dvc.yaml of the workspace template).
@@ -60,9 +58,6 @@ INTAKE_REPORTS = "reports/intake"
 METRICS_REPORT = "reports/metrics.json"
 RUN_STATE = "reports/nightly"
 MANIFEST = "manifest.csv"
-SCORES_FILE = "scores.csv"
-OVERLAYS_DIR = "overlays"
-SCORE_COLUMNS = ("image", "score", "flag", "threshold", "model_version", "overlay")
 # Airflow's own run-id alphabet; no '/' so that a run id is always one folder name.
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_~:+-][A-Za-z0-9_.~:+-]*")
 NIGHTLY_TAG = "exdd.kind"
@@ -335,33 +330,10 @@ def champion_model(run: LineRun, scratch: Path) -> tuple[Any, int, float | None]
     return ExDD.load(local), int(champion.version), threshold
 
 
-def write_scores(run: LineRun, images: list[Path], out: Path, model: Any, version: int,
-                 threshold: float | None) -> int:
-    """Score ``images`` into ``out`` (scores.csv + overlays, atomically); returns flags."""
-    from exdd.datasets import read_image
-    from exdd.visualize import save_overlay
-
-    pred = model.predict(images)
-    vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
-    h, w = model.data.image_height, model.data.image_width
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(SCORE_COLUMNS)
-    flagged = 0
-    with atomic_dir(out) as staging:
-        for path, score, amap in zip(images, pred.scores, pred.maps):
-            overlay = f"{OVERLAYS_DIR}/{path.stem}.png"
-            save_overlay(staging / overlay, read_image(path, h, w), amap, vmin, vmax)
-            flag = "" if threshold is None else int(score >= threshold)
-            flagged += flag == 1
-            writer.writerow([os.path.relpath(path, run.workspace), repr(float(score)), flag,
-                             "" if threshold is None else threshold, version, overlay])
-        write_text_atomic(staging / SCORES_FILE, rows.getvalue())
-    return flagged
-
-
 def score_images(run: LineRun, images: list[Path]) -> dict[str, Any]:
     """Score ``images`` with the current champion into this run's review folder."""
+    from exdd.batch import write_predictions
+
     with tempfile.TemporaryDirectory(prefix="exdd-champion-") as tmp:
         champion = None if not images else champion_model(run, Path(tmp))
         if champion is None:
@@ -369,7 +341,8 @@ def score_images(run: LineRun, images: list[Path]) -> dict[str, Any]:
             return {"scores_dir": None, "n_scored": 0, "n_flagged": 0, "model_version": None,
                     "reason": reason}
         model, version, threshold = champion
-        flagged = write_scores(run, images, run.scores_dir, model, version, threshold)
+        flagged = write_predictions(model, images, run.scores_dir, threshold, version,
+                                    relative_to=run.workspace)
     return {"scores_dir": os.path.relpath(run.scores_dir, run.workspace),
             "n_scored": len(images), "n_flagged": flagged, "model_version": version,
             "threshold": threshold}
@@ -416,7 +389,7 @@ def log_outcome(run: LineRun, outcome: dict[str, Any]) -> str:
 
     registry = Registry(run.params, run.workspace)
     client = registry.client
-    experiment = registry._experiment_id()
+    experiment = registry.experiment_id()
     found = client.search_runs([experiment], f"tags.`{RUN_ID_TAG}` = '{run.run_id}'")
     if found and found[0].info.status == RunStatus.to_string(RunStatus.FINISHED):
         return found[0].info.run_id  # a repeated report: logged already

@@ -119,7 +119,7 @@ class Registry:
         return ExddError(scrub(redact(self.uri, f"MLflow at {self.uri}: {what} failed: {first}")))
 
     # ------------------------------------------------------------------ runs
-    def _experiment_id(self) -> str:
+    def experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.name)
         if exp is not None:
             return exp.experiment_id
@@ -150,7 +150,7 @@ class Registry:
             plot_roc_pr(metrics, work / "roc_pr.png")
             overlay_grid(*overlays, work / "overlays.png")
             run_name = f"{line}-{decision['model_hash'][:12]}"
-            with mlflow.start_run(experiment_id=self._experiment_id(), run_name=run_name) as run:
+            with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
                 mlflow.log_params({
                     **_flatten("model", meta["model"]), **_flatten("data", meta["data"]),
                     **_flatten("data_hash", meta.get("data_hashes", {})),

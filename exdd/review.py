@@ -52,7 +52,7 @@ from exdd.config import LineConfig, Params, ReviewConfig
 from exdd.datasets import read_image
 from exdd.errors import ConfigError, DataError, ExddError
 from exdd.fsutil import write_bytes_atomic
-from exdd.pipeline import SCORES_FILE
+from exdd.batch import SCORES_FILE
 from exdd.storage import is_s3_uri, parse_s3_uri, s3_client
 from exdd.visualize import COLORMAP, OVERLAY_ALPHA
 

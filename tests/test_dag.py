@@ -28,7 +28,7 @@ from exdd.datasets import load_samples
 from exdd.datasets.demo import make_demo
 from exdd.gate import METRICS_FILE
 from exdd.modelio import model_hash
-from exdd.pipeline import SCORE_COLUMNS
+from exdd.batch import SCORE_COLUMNS
 from exdd.publish import published_versions
 from exdd.registry import CHAMPION, REJECTED, TAG_HASH, Registry, scalar_metrics
 from exdd.workspace import Workspace, drop_into_inbox

@@ -7,7 +7,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from exdd.errors import DataError
-from exdd.sampler import GreedyCoresetSampler, coverage_radius
+from exdd.sampler import GreedyCoresetSampler, coverage_radius, pca_sketch
 
 RADIUS_TOLERANCE = 1.05  # the sampler's coverage radius may exceed exact greedy's by 5%
 
@@ -48,6 +48,30 @@ def test_radius_within_tolerance_of_exact_greedy(data, dim: int, projection_dim:
     fast, exact = coverage_radius(feats, chosen), coverage_radius(feats, reference)
     assert chosen.size == reference.size == 150
     assert fast <= RADIUS_TOLERANCE * exact, (fast, exact)
+
+
+@pytest.mark.parametrize("max_groups", [1, 3])
+def test_few_groups_per_step_still_pick_the_farthest_patch(max_groups: int) -> None:
+    """Skipped groups go stale; the check before each pick must keep the result greedy."""
+    feats = clustered(3000, 24, seed=11)
+    sampler = GreedyCoresetSampler(0.04, seed=3, max_groups=max_groups, sketch_dim=6,
+                                   progress=False)
+    chosen = sampler.select(feats)
+    reference = naive_greedy(feats, int(chosen[0]), chosen.size)
+    assert np.isin(chosen, reference).mean() >= 0.95  # same members but for near-ties
+    assert coverage_radius(feats, chosen) <= RADIUS_TOLERANCE * coverage_radius(feats, reference)
+
+
+def test_sketch_distances_never_exceed_true_distances() -> None:
+    feats = clustered(400, 32, seed=2)
+    sketch = pca_sketch(feats, 5, 200, seed=0, chunk_size=64)
+    assert sketch.shape == (400, 6)
+    true = cdist(feats.astype(np.float64), feats.astype(np.float64))
+    low = cdist(sketch.astype(np.float64), sketch.astype(np.float64))
+    assert np.all(low <= true * (1 + 1e-4) + 1e-4)
+    assert np.median(low[true > 0] / true[true > 0]) > 0.5  # and they are not trivial
+    narrow = uniform(50, 4, 0)
+    assert pca_sketch(narrow, 5, 200, seed=0, chunk_size=64) is narrow
 
 
 def test_radius_is_the_largest_distance_to_the_selection() -> None:

@@ -7,15 +7,13 @@ sub-commands start fast.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 
 from exdd.config import load_params
-from exdd.datasets import IMAGE_SUFFIXES, load_samples, read_image
+from exdd.datasets import IMAGE_SUFFIXES, load_samples
 from exdd.errors import DataError
-from exdd.fsutil import atomic_dir, write_text_atomic
+from exdd.fsutil import write_text_atomic
 
 METRICS_FILE = "metrics.json"
 
@@ -66,7 +64,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_images(inputs: list[str]) -> list[Path]:
+def collect_images(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -91,30 +89,15 @@ def _threshold(model_dir: Path, override: float | None) -> float | None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from exdd.batch import write_predictions
     from exdd.model import ExDD
-    from exdd.visualize import save_overlay
 
     model = ExDD.load(args.model)
-    paths = _collect_images(args.inputs)
-    pred = model.predict(paths)
+    paths = collect_images(args.inputs)
     threshold = _threshold(Path(args.model), args.threshold)
-    vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
-    h, w = model.data.image_height, model.data.image_width
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(["image", "score", "flag", "threshold", "overlay"])
-    with atomic_dir(args.out) as staging:
-        for i, (path, score, amap) in enumerate(zip(paths, pred.scores, pred.maps)):
-            overlay = Path("overlays") / f"{i:05d}_{path.stem}.png"
-            save_overlay(staging / overlay, read_image(path, h, w), amap, vmin, vmax)
-            flag = "" if threshold is None else int(score >= threshold)
-            writer.writerow([str(path), repr(float(score)), flag,
-                             "" if threshold is None else threshold, str(overlay)])
-        (staging / "scores.csv").write_text(rows.getvalue())
-    flagged = int(np.sum(pred.scores >= threshold)) if threshold is not None else "n/a"
-    print(f"{len(paths)} images scored, {flagged} flagged; results in {args.out}")
+    flagged = write_predictions(model, paths, Path(args.out), threshold)
+    shown = flagged if threshold is not None else "n/a (no threshold known)"
+    print(f"{len(paths)} images scored, {shown} flagged; results in {args.out}")
     return 0
 
 

@@ -36,11 +36,11 @@ def _nightly(args: argparse.Namespace) -> int:
 
 
 def _score_batch(args: argparse.Namespace) -> int:
-    from exdd.cli.detector import _collect_images
+    from exdd.cli.detector import collect_images
     from exdd.pipeline import open_run, score_images
 
     run = open_run(args.config, args.line, _run_id(args))
-    scored = score_images(run, _collect_images(args.inputs))
+    scored = score_images(run, collect_images(args.inputs))
     if scored["scores_dir"] is None:
         print(f"nothing scored: {scored['reason']}")
         return 1
