@@ -28,7 +28,7 @@ from exdd.datasets import Sample, read_image, read_mask
 from exdd.errors import DataError, ModelError
 from exdd.features import PatchEmbedder, random_projection
 from exdd.fsutil import sha256_file
-from exdd.scoring import Bank, ScoringRule, score_patches
+from exdd.scoring import Bank, ScoringRule, bank_distances, score_image
 
 IO_THREADS = 4
 
@@ -205,10 +205,14 @@ class ExDD:
         maps = np.empty((len(paths), *size), np.float32)
         i = 0
         for batch in self._patches(list(paths), "predict"):
-            for feats in batch:
-                grid = feats.shape[:2]
-                scores[i], maps[i] = score_patches(
-                    np.ascontiguousarray(feats.reshape(-1, feats.shape[-1])), grid, size,
+            n_img, gh, gw, dim = batch.shape
+            flat = np.ascontiguousarray(batch.reshape(-1, dim))
+            d_n, d_p = bank_distances(flat, normal, defect)
+            per = gh * gw
+            for j in range(n_img):
+                rows = slice(j * per, (j + 1) * per)
+                scores[i], maps[i] = score_image(
+                    flat[rows], d_n[rows], None if d_p is None else d_p[rows], (gh, gw), size,
                     normal, defect, rule,
                 )
                 i += 1

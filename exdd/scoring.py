@@ -82,15 +82,23 @@ def top_k_mean(values: np.ndarray, fraction: float) -> float:
     return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
 
 
-def score_patches(patches: np.ndarray, grid: tuple[int, int], out_size: tuple[int, int],
-                  normal: Bank, defect: Bank | None, rule: ScoringRule) -> tuple[float, np.ndarray]:
-    """One image: patches (h*w, D) -> (image score, anomaly map at ``out_size``)."""
+def bank_distances(patches: np.ndarray, normal: Bank, defect: Bank | None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nearest-neighbour distances of (n, D) patches to each bank: one search per bank, so a
+    whole batch of images goes through faiss in one call."""
     d_n = normal.index.search(patches, 1)[0][:, 0]
-    if defect is None:
+    d_p = None if defect is None else defect.index.search(patches, 1)[0][:, 0]
+    return d_n, d_p
+
+
+def score_image(patches: np.ndarray, d_n: np.ndarray, d_p: np.ndarray | None,
+                grid: tuple[int, int], out_size: tuple[int, int], normal: Bank,
+                defect: Bank | None, rule: ScoringRule) -> tuple[float, np.ndarray]:
+    """One image: patches (h*w, D) and their bank distances -> (score, map at ``out_size``)."""
+    if defect is None or d_p is None:
         amap = upsample_and_smooth(d_n.reshape(grid), *out_size, rule.smoothing_sigma)
         score = reweighted_score(patches[int(np.argmax(d_n))], normal, rule.knn, complement=False)
         return score, amap
-    d_p = defect.index.search(patches, 1)[0][:, 0]
     if rule.rule == "reference":
         s_n = reweighted_score(patches[int(np.argmax(d_n))], normal, rule.knn, complement=False)
         s_p = reweighted_score(patches[int(np.argmin(d_p))], defect, rule.knn, complement=True)
