@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -76,15 +77,17 @@ def exact_greedy(points: np.ndarray, first: int, k: int, chunk: int) -> np.ndarr
         centre = points[chosen[t]].copy()
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            np.subtract(points[start:stop], centre, out=buf[: stop - start])
-            np.einsum("ij,ij->i", buf[: stop - start], buf[: stop - start], out=dist[: stop - start])
-            np.minimum(nearest[start:stop], dist[: stop - start], out=nearest[start:stop])
+            rows, out = buf[: stop - start], dist[: stop - start]
+            np.subtract(points[start:stop], centre, out=rows)
+            np.einsum("ij,ij->i", rows, rows, out=out)
+            np.minimum(nearest[start:stop], out, out=nearest[start:stop])
         if t + 1 < k:
             chosen[t + 1] = int(np.argmax(nearest))
     return chosen
 
 
-def timed_select(sampler: GreedyCoresetSampler, feats: np.ndarray) -> tuple[np.ndarray, float, float]:
+def timed_select(sampler: GreedyCoresetSampler,
+                 feats: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Selection, wall seconds, CPU seconds (the machine is shared: both matter)."""
     wall, cpu = time.perf_counter(), time.process_time()
     chosen = sampler.select(feats)
@@ -120,10 +123,13 @@ def main() -> None:
     sampler = GreedyCoresetSampler.from_config(args.fraction, params.model)
     chosen, wall, cpu = timed_select(sampler, feats)
     figures: dict[str, object] = {
-        "patches": "real" if args.data else f"synthetic(clusters={args.clusters}, decay={args.decay})",
+        "patches": "real" if args.data
+        else f"synthetic(clusters={args.clusters}, decay={args.decay})",
         "n": int(feats.shape[0]), "dim": int(feats.shape[1]), "fraction": args.fraction,
         "selected": int(chosen.size), "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
         "radius": coverage_radius(feats, chosen),
+        "features_mb": round(feats.nbytes / 2**20, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if args.exact:
         sub = np.ascontiguousarray(feats[: args.exact_n]) if args.exact_n else feats

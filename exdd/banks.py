@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from exdd.common import NearestNeighbourIndex
+from exdd.config import ModelConfig
 from exdd.errors import DataError
 from exdd.sampler import GreedyCoresetSampler
 
@@ -25,20 +26,18 @@ class BankBuilder:
     """Accumulates patch features; ``finish`` returns (bank, tau)."""
 
     fraction: float
-    dim: int
-    chunk_patches: int
-    projection_dim: int
-    seed: int
-    calibration_patches: int
-    tau_quantile: float
+    model: ModelConfig
     timings: dict[str, float] = field(default_factory=lambda: {"coreset": 0.0, "indexing": 0.0})
 
     def __post_init__(self) -> None:
+        self.dim = self.model.projection_dim
+        self.chunk_patches = self.model.stream_chunk_patches
+        self.calibration_patches = self.model.calibration_patches
         self._buffer = np.empty((0, self.dim), np.float32)
         self._filled = 0
         self._selected: list[np.ndarray] = []
         self._probes: list[np.ndarray] = []
-        self._rng = np.random.default_rng(self.seed)
+        self._rng = np.random.default_rng(self.model.seed)
         self.seen = 0
 
     def add(self, feats: np.ndarray) -> None:
@@ -59,7 +58,7 @@ class BankBuilder:
     def _reduce(self) -> None:
         chunk = self._buffer[: self._filled]
         start = time.perf_counter()
-        chosen = GreedyCoresetSampler(self.fraction, self.projection_dim, self.seed).select(chunk)
+        chosen = GreedyCoresetSampler.from_config(self.fraction, self.model).select(chunk)
         self.timings["coreset"] += time.perf_counter() - start
         self._selected.append(chunk[chosen].copy())
         left_out = np.setdiff1d(np.arange(len(chunk)), chosen)
@@ -83,8 +82,8 @@ class BankBuilder:
             probes = probes[np.sort(self._rng.choice(len(probes), self.calibration_patches,
                                                      replace=False))]
         start = time.perf_counter()
-        index = NearestNeighbourIndex()
+        index = NearestNeighbourIndex.from_config(self.model)
         index.fit(bank)
         dist = index.search(probes, 1)[0][:, 0]
         self.timings["indexing"] += time.perf_counter() - start
-        return bank, float(np.quantile(dist, self.tau_quantile))
+        return bank, float(np.quantile(dist, self.model.tau_quantile))

@@ -31,6 +31,11 @@ class NearestNeighbourIndex:
         self._index: faiss.Index | None = None
         self._gpu_resources: object | None = None
 
+    @classmethod
+    def from_config(cls, model: ModelConfig) -> NearestNeighbourIndex:
+        """The index with the ``nn_*`` settings of ``model``."""
+        return cls(model.nn_use_gpu, model.nn_batch_size)
+
     @property
     def on_gpu(self) -> bool:
         return self._gpu_resources is not None
@@ -39,7 +44,7 @@ class NearestNeighbourIndex:
     def ntotal(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
 
-    def fit(self, bank: np.ndarray) -> "NearestNeighbourIndex":
+    def fit(self, bank: np.ndarray) -> NearestNeighbourIndex:
         """Index the bank (M, D); it is copied, so later changes to ``bank`` do not leak in."""
         bank = np.asarray(bank)
         if bank.ndim != 2:

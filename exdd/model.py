@@ -127,9 +127,7 @@ class ExDD:
 
     # ---------------------------------------------------------------- fit
     def _builder(self, fraction: float) -> BankBuilder:
-        m = self.model
-        return BankBuilder(fraction, m.projection_dim, m.stream_chunk_patches,
-                           m.coreset_projection_dim, m.seed, m.calibration_patches, m.tau_quantile)
+        return BankBuilder(fraction, self.model)
 
     def fit(self, train: Sequence[Sample], synthetic: Sequence[Sample] = ()) -> "ExDD":
         """Build M_N from normal images and M_P from patches under defect masks."""
@@ -183,11 +181,11 @@ class ExDD:
         if not self.is_fitted:
             raise ModelError("model is not fitted")
         if self._indexes is None:
-            normal = NearestNeighbourIndex()
+            normal = NearestNeighbourIndex.from_config(self.model)
             normal.fit(self.bank_normal_)
             defect = None
             if not self.model.single_bank:
-                index = NearestNeighbourIndex()
+                index = NearestNeighbourIndex.from_config(self.model)
                 index.fit(self.bank_defect_)
                 defect = Bank(self.bank_defect_, index, self.tau_defect_)
             self._indexes = (Bank(self.bank_normal_, normal, self.tau_normal_), defect)

@@ -11,9 +11,9 @@ patches on two cores). This one returns the same members with much less work. Ea
 belongs to the group of one member and stores its exact distance to it, which is always
 an upper bound of its distance to the coreset. When member c is added:
 
-* only the groups of the ``max_groups`` members nearest to c are compared with c, and of
-  those only groups whose member lies within 2 x (group radius) of c (the others cannot
-  hold a patch nearer to c: triangle inequality, as in Elkan's k-means);
+* only groups whose member lies within 2 x (group radius) of c can hold a patch nearer
+  to c (triangle inequality, as in Elkan's k-means); of those, the ``max_groups`` nearest
+  to c are compared with it, plus any other whose farthest patch is nearer to c;
 * inside a group, a patch within half of d(c, member) of its member cannot come nearer;
 * the rest are compared first through a cheap lower bound of the distance (coordinates
   on the top principal axes plus the norm of the remainder: ``pca_sketch``) and exactly
@@ -65,7 +65,7 @@ class GreedyCoresetSampler:
 
     @classmethod
     def from_config(cls, fraction: float, model: ModelConfig,
-                    progress: bool = True) -> "GreedyCoresetSampler":
+                    progress: bool = True) -> GreedyCoresetSampler:
         """The sampler with every ``coreset_*`` setting of ``model``."""
         return cls(fraction, model.coreset_projection_dim, model.seed,
                    chunk_size=model.coreset_chunk_size, max_groups=model.coreset_max_groups,
@@ -74,7 +74,7 @@ class GreedyCoresetSampler:
 
     def n_select(self, n: int) -> int:
         """How many of n rows the coreset keeps: at least one."""
-        return min(n, max(1, int(round(self.fraction * n))))
+        return min(n, max(1, round(self.fraction * n)))
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """The features the distances are computed on: seeded JL projection, or the features

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from exdd.common import NearestNeighbourIndex, gpu_available
+from exdd.config import ModelConfig
 from exdd.errors import ModelError
 
 
@@ -75,6 +76,8 @@ def test_bad_queries_raise_model_error() -> None:
 def test_gpu_is_used_only_when_asked_and_available() -> None:
     bank = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
     assert not NearestNeighbourIndex(use_gpu=False).fit(bank).on_gpu
+    off = NearestNeighbourIndex.from_config(ModelConfig(nn_use_gpu=False, nn_batch_size=3))
+    assert not off.fit(bank).on_gpu and off.batch_size == 3
     index = NearestNeighbourIndex(use_gpu=True).fit(bank)
     assert index.on_gpu == gpu_available()
     dist, idx = index.search(bank[:5], 2)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
+from exdd.config import ModelConfig
 from exdd.errors import DataError
 from exdd.sampler import GreedyCoresetSampler, coverage_radius, pca_sketch
 
@@ -127,6 +128,16 @@ def test_duplicate_points_still_give_distinct_indices() -> None:
     chosen = GreedyCoresetSampler(0.4, progress=False).select(feats)
     assert chosen.size == 12 and np.unique(chosen).size == 12
     assert coverage_radius(feats, chosen) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_from_config_uses_the_coreset_settings() -> None:
+    cfg = ModelConfig(coreset_projection_dim=16, seed=5, coreset_chunk_size=100,
+                      coreset_max_groups=2, coreset_sketch_dim=3, coreset_sketch_sample=500)
+    sampler = GreedyCoresetSampler.from_config(0.25, cfg, progress=False)
+    assert (sampler.fraction, sampler.projection_dim, sampler.seed) == (0.25, 16, 5)
+    assert (sampler.chunk_size, sampler.max_groups, sampler.sketch_dim,
+            sampler.sketch_sample) == (100, 2, 3, 500)
+    assert sampler.select(uniform(40, 8, 0)).size == 10
 
 
 def test_small_chunks_give_the_same_coreset() -> None:
