@@ -3,6 +3,10 @@
 Scoring asks "how far is this patch from the closest bank patch" millions of times; faiss'
 flat L2 index answers that exactly with BLAS, on the GPU when faiss was built with GPU
 support and a device is visible. Distances come back euclidean (faiss returns squared).
+
+``nn_index: hnsw`` trades exactness for speed on CPU (a graph index, PatchCore's
+"approximate" option): it is built single-threaded so that the same bank always gives the
+same graph, and therefore the same scores, which rollback's byte-identical check needs.
 """
 
 from __future__ import annotations
@@ -25,16 +29,21 @@ class NearestNeighbourIndex:
     """Exact L2 index: ``fit(bank)``, then ``search(queries, k)`` in batches."""
 
     def __init__(self, use_gpu: bool = _DEFAULTS.nn_use_gpu,
-                 batch_size: int = _DEFAULTS.nn_batch_size) -> None:
+                 batch_size: int = _DEFAULTS.nn_batch_size, kind: str = _DEFAULTS.nn_index,
+                 hnsw_m: int = _DEFAULTS.nn_hnsw_m, hnsw_ef: int = _DEFAULTS.nn_hnsw_ef) -> None:
         self.use_gpu = use_gpu
         self.batch_size = batch_size
+        self.kind = kind
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef = hnsw_ef
         self._index: faiss.Index | None = None
         self._gpu_resources: object | None = None
 
     @classmethod
     def from_config(cls, model: ModelConfig) -> NearestNeighbourIndex:
         """The index with the ``nn_*`` settings of ``model``."""
-        return cls(model.nn_use_gpu, model.nn_batch_size)
+        return cls(model.nn_use_gpu, model.nn_batch_size, model.nn_index, model.nn_hnsw_m,
+                   model.nn_hnsw_ef)
 
     @property
     def on_gpu(self) -> bool:
@@ -57,6 +66,9 @@ class NearestNeighbourIndex:
         if not np.isfinite(bank).all():
             raise ModelError("memory bank holds NaN or infinite values")
         self.reset()
+        if self.kind == "hnsw":
+            self._index = self._hnsw(bank)
+            return self
         index: faiss.Index = faiss.IndexFlatL2(bank.shape[1])
         if self.use_gpu and gpu_available():
             self._gpu_resources = faiss.StandardGpuResources()
@@ -64,6 +76,17 @@ class NearestNeighbourIndex:
         index.add(bank)
         self._index = index
         return self
+
+    def _hnsw(self, bank: np.ndarray) -> faiss.Index:
+        index = faiss.IndexHNSWFlat(bank.shape[1], self.hnsw_m)
+        index.hnsw.efSearch = self.hnsw_ef
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # a deterministic graph
+        try:
+            index.add(bank)
+        finally:
+            faiss.omp_set_num_threads(threads)
+        return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances (Q, k) float32, euclidean and ascending, and bank indices (Q, k) int64."""

@@ -84,3 +84,18 @@ def test_gpu_is_used_only_when_asked_and_available() -> None:
     ref_dist, ref_idx = brute_force(bank, bank[:5], 2)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(idx, ref_idx)
+
+
+def test_hnsw_index_is_deterministic_and_close_to_exact() -> None:
+    """The approximate option: same bank -> same answers; nearly always the true neighbour."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(20, 32)).astype(np.float32) * 5
+    bank = (centres[rng.integers(20, size=4000)] + rng.normal(size=(4000, 32))).astype(np.float32)
+    queries = (centres[rng.integers(20, size=500)] + rng.normal(size=(500, 32))).astype(np.float32)
+    exact = NearestNeighbourIndex(use_gpu=False).fit(bank).search(queries, 1)[0]
+    first = NearestNeighbourIndex(use_gpu=False, kind="hnsw").fit(bank).search(queries, 1)
+    second = NearestNeighbourIndex(use_gpu=False, kind="hnsw").fit(bank).search(queries, 1)
+    assert first[0].tobytes() == second[0].tobytes()
+    assert (first[1] == second[1]).all()
+    assert (first[0] >= exact - 1e-4).all()  # never closer than the true nearest
+    assert np.mean(np.isclose(first[0], exact, rtol=1e-5)) > 0.9
