@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from scipy.spatial import cKDTree
 from sqlalchemy import (
     CheckConstraint,
@@ -49,7 +49,7 @@ from sqlalchemy.sql import Select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from exdd.config import LineConfig, Params, ReviewConfig
-from exdd.datasets import read_image
+from exdd.datasets import open_image, read_image
 from exdd.errors import ConfigError, DataError, ExddError
 from exdd.fsutil import write_bytes_atomic
 from exdd.batch import SCORES_FILE
@@ -370,17 +370,6 @@ class VerdictStore:
 # --------------------------------------------------------------------------- masks
 
 
-def _open_image(path: Path | str | bytes, what: str) -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
-        img.load()
-    except FileNotFoundError:
-        raise DataError(f"{what}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{what}: unreadable image ({err})") from None
-    return img
-
-
 def heat_from_overlay(overlay_rgb: np.ndarray, image_rgb: np.ndarray) -> np.ndarray:
     """Recover the normalised heatmap (0..1) from an overlay and the image under it.
 
@@ -402,10 +391,10 @@ def heat_from_overlay(overlay_rgb: np.ndarray, image_rgb: np.ndarray) -> np.ndar
 def mask_from_overlay(overlay_path: Path, image_path: Path, level: float) -> np.ndarray:
     """The heatmap region at or above ``level`` (0..1 of the overlay's colour scale), as a
     boolean mask of the image's own size."""
-    overlay = np.asarray(_open_image(overlay_path, str(overlay_path)).convert("RGB"))
+    overlay = np.asarray(open_image(overlay_path, str(overlay_path)).convert("RGB"))
     h, w = overlay.shape[:2]
     heat = heat_from_overlay(overlay, read_image(image_path, h, w))
-    native = _open_image(image_path, str(image_path)).size
+    native = open_image(image_path, str(image_path)).size
     heat = np.asarray(Image.fromarray(heat, mode="F").resize(native, Image.BILINEAR))
     return heat >= level
 
@@ -413,8 +402,8 @@ def mask_from_overlay(overlay_path: Path, image_path: Path, level: float) -> np.
 def mask_from_upload(data: bytes, image_path: Path, threshold: int, name: str = "upload"
                      ) -> np.ndarray:
     """An operator-drawn mask file (any image, white = defect) of the image's own size."""
-    mask = _open_image(data, name)
-    size = _open_image(image_path, str(image_path)).size
+    mask = open_image(data, name)
+    size = open_image(image_path, str(image_path)).size
     if mask.size != size:
         raise DataError(f"{name}: mask size {mask.size[0]}x{mask.size[1]} does not match "
                         f"image {image_path.name} size {size[0]}x{size[1]}")

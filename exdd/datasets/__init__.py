@@ -7,6 +7,7 @@ layout is a new reader, never a change to the model.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,20 +105,22 @@ def read_manifest(csv_path: Path) -> list[Sample]:
     return samples
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file (or its bytes) fully; a bad one is a DataError naming ``name``."""
+    what = name or str(source)
     try:
-        img = Image.open(path)
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         img.load()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(f"{what}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: unreadable image ({err})") from None
+        raise DataError(f"{what}: unreadable image ({err})") from None
     return img
 
 
 def read_image(path: Path, height: int, width: int) -> np.ndarray:
     """RGB float32 array (H, W, 3) in [0, 1], resized to the configured input size."""
-    img = _open(Path(path)).convert("RGB").resize((width, height), Image.BILINEAR)
+    img = open_image(Path(path)).convert("RGB").resize((width, height), Image.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
@@ -129,9 +132,9 @@ def read_mask(path: Path | None, height: int, width: int, threshold: int = 127,
     """
     if path is None:
         return np.zeros((height, width), dtype=bool)
-    m = _open(Path(path))
+    m = open_image(Path(path))
     if image_path is not None:
-        size = _open(Path(image_path)).size
+        size = open_image(Path(image_path)).size
         if m.size != size:
             raise DataError(
                 f"{path}: mask size {m.size[0]}x{m.size[1]} does not match image "
@@ -142,4 +145,4 @@ def read_mask(path: Path | None, height: int, width: int, threshold: int = 127,
 
 
 def mask_is_nonempty(path: Path, threshold: int = 127) -> bool:
-    return bool((np.asarray(_open(path).convert("L")) > threshold).any())
+    return bool((np.asarray(open_image(path).convert("L")) > threshold).any())
