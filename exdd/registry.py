@@ -266,9 +266,11 @@ class Registry:
     def download_model_dir(self, version: Any, dest: Path) -> Path:
         """The model directory logged with a version, copied to ``dest``."""
         try:
+            # The storage location, resolved by this registry's own client: a ``models:/m-...``
+            # source would be resolved through mlflow's process-global store instead.
+            root = self.client.get_model_version_download_uri(self.name, str(version.version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{version.source}/artifacts/{MODEL_DIR_ARTIFACT}",
-                dst_path=str(dest))
+                artifact_uri=f"{root}/{MODEL_DIR_ARTIFACT}", dst_path=str(dest))
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"downloading version {version.version}", err) from err
         return Path(local)
