@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ from exdd.registry import (
 from exdd.workspace import Workspace
 
 PROBE_FILE = "probe.json"
+PAUSE_ENV = "EXDD_PUBLISH_PAUSE_AFTER_REGISTER_S"
 # The pipeline files a published version pins, besides the champion's .dvc file.
 PIPELINE_FILES = ("dvc.yaml", "dvc.lock", "params.yaml", ".dvc/config")
 
@@ -147,6 +149,15 @@ def _passing_gate(model_dir: Path, digest: str, registry: Registry) -> GateDecis
     return gate
 
 
+def _pause_for_crash_tests() -> None:
+    """Test hook: with ``$EXDD_PUBLISH_PAUSE_AFTER_REGISTER_S`` set, wait that long after the
+    MLflow version exists and before git and the alias move, so that a test can kill the
+    process at exactly this point (a race on timing alone passes or fails with the load)."""
+    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
 def publish(model_dir: Path, params: Params, repo: Path) -> PublishedModel:
     """Make ``model_dir`` (gated, passed) the champion: DVC push, MLflow version, git tag,
     alias; all or nothing, idempotent by model hash."""
@@ -178,6 +189,7 @@ def publish(model_dir: Path, params: Params, repo: Path) -> PublishedModel:
         })
         tag = tag_name(cfg.line, version)
         registry.tag_version(version, {TAG_GIT: tag})
+        _pause_for_crash_tests()
         ignore = str(Path(cfg.champion_dir).parent / ".gitignore")
         ws.commit(f"publish {tag}", [dvc_file, ignore, benchmark_dvc, *PIPELINE_FILES])
         txn.tag(ws, tag, _tag_message(params, version, digest, dvc_file, model_dir, gate))

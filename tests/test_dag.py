@@ -26,10 +26,10 @@ from airflow_helpers import BIN, REPO, Line, airflow, airflow_env, make_nightly_
 from exdd.cli import main as exdd_main
 from exdd.datasets import load_samples
 from exdd.datasets.demo import make_demo
+from exdd.batch import SCORE_COLUMNS
 from exdd.gate import METRICS_FILE
 from exdd.modelio import model_hash
-from exdd.batch import SCORE_COLUMNS
-from exdd.publish import published_versions
+from exdd.publish import PAUSE_ENV, published_versions
 from exdd.registry import CHAMPION, REJECTED, TAG_HASH, Registry, scalar_metrics
 from exdd.workspace import Workspace, drop_into_inbox
 
@@ -241,8 +241,11 @@ def test_night2_failed_gate_keeps_the_champion(nights: Nights, night1: dict, nig
 def _kill_when_registered(nights: Nights, versions_before: int) -> subprocess.Popen:
     """Start night 3 and SIGKILL it once publish has created the new MLflow version."""
     mlflow_db = nights.line.workspace / "mlruns.db"
+    # publish waits after registering (test hook), so the kill lands between the MLflow
+    # version and the alias move however fast the machine is
+    env = {**nights.env, PAUSE_ENV: str(KILL_TIMEOUT_S)}
     proc = subprocess.Popen([str(BIN / "airflow"), "dags", "test", nights.line.dag_id, NIGHTS[2]],
-                            env=nights.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
