@@ -21,7 +21,7 @@ import torch
 from exdd.config import DataConfig, ModelConfig, load_params
 from exdd.datasets import load_samples, read_image
 from exdd.evaluate import evaluate
-from exdd.model import ExDD, Prediction
+from exdd.model import ExDD
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
 
@@ -80,7 +80,6 @@ def main() -> None:
 
     paths = [s.image for s in test]
     results = {}
-    timed: Prediction | None = None
     for name, changes in (("patchcore_single_bank", {"single_bank": True}),
                           ("dual_reference", {"scoring": "reference"}),
                           ("dual_calibrated", {"scoring": "calibrated"}),
@@ -91,13 +90,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         figures[f"{name}_images_per_s"] = len(paths) / seconds
         if name == "dual_" + model_cfg.scoring:
-            timed = pred
             figures["predict_images_per_s"] = len(paths) / seconds
         metrics = evaluate(m, test, pred)
         results[name] = {k: metrics[k] for k in KEYS}
         print(f"{name:24s} " + "  ".join(f"{k} {metrics[k]:.4f}" for k in KEYS)
               + f"  ({len(paths) / seconds:.1f} img/s)")
-    assert timed is not None
     figures["backbone_images_per_s"] = backbone_throughput(model, paths)
     figures["results"] = results
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

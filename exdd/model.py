@@ -28,7 +28,7 @@ from exdd.datasets import Sample, read_image, read_mask
 from exdd.errors import DataError, ModelError
 from exdd.features import PatchEmbedder, random_projection
 from exdd.fsutil import sha256_file
-from exdd.scoring import Bank, ScoringRule, bank_distances, score_image
+from exdd.scoring import Bank, bank_distances, score_image
 
 IO_THREADS = 4
 
@@ -196,8 +196,6 @@ class ExDD:
         if not paths:
             raise DataError("no images to predict")
         normal, defect = self._banks()
-        rule = ScoringRule(self.model.scoring, self.model.knn, self.model.smoothing_sigma,
-                           self.model.top_k_fraction, self.model.ratio_eps)
         size = (self.data.image_height, self.data.image_width)
         scores = np.empty(len(paths), np.float64)
         maps = np.empty((len(paths), *size), np.float32)
@@ -211,7 +209,7 @@ class ExDD:
                 rows = slice(j * per, (j + 1) * per)
                 scores[i], maps[i] = score_image(
                     flat[rows], d_n[rows], None if d_p is None else d_p[rows], (gh, gw), size,
-                    normal, defect, rule,
+                    normal, defect, self.model,
                 )
                 i += 1
         return Prediction(scores, maps)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from exdd.common import NearestNeighbourIndex
+from exdd.config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,6 @@ class Bank:
     vectors: np.ndarray
     index: NearestNeighbourIndex
     tau: float
-
-
-@dataclass(frozen=True)
-class ScoringRule:
-    """The scoring settings (a slice of ModelConfig)."""
-
-    rule: str
-    knn: int
-    smoothing_sigma: float
-    top_k_fraction: float
-    eps: float
 
 
 def reweighted_score(query: np.ndarray, bank: Bank, knn: int, complement: bool) -> float:
@@ -93,18 +83,18 @@ def bank_distances(patches: np.ndarray, normal: Bank, defect: Bank | None
 
 def score_image(patches: np.ndarray, d_n: np.ndarray, d_p: np.ndarray | None,
                 grid: tuple[int, int], out_size: tuple[int, int], normal: Bank,
-                defect: Bank | None, rule: ScoringRule) -> tuple[float, np.ndarray]:
+                defect: Bank | None, rule: ModelConfig) -> tuple[float, np.ndarray]:
     """One image: patches (h*w, D) and their bank distances -> (score, map at ``out_size``)."""
     if defect is None or d_p is None:
         amap = upsample_and_smooth(d_n.reshape(grid), *out_size, rule.smoothing_sigma)
         score = reweighted_score(patches[int(np.argmax(d_n))], normal, rule.knn, complement=False)
         return score, amap
-    if rule.rule == "reference":
+    if rule.scoring == "reference":
         s_n = reweighted_score(patches[int(np.argmax(d_n))], normal, rule.knn, complement=False)
         s_p = reweighted_score(patches[int(np.argmin(d_p))], defect, rule.knn, complement=True)
-        patch_map = d_n / (d_p + rule.eps)
+        patch_map = d_n / (d_p + rule.ratio_eps)
         amap = upsample_and_smooth(patch_map.reshape(grid), *out_size, rule.smoothing_sigma)
-        return s_n / (s_p + rule.eps), amap
+        return s_n / (s_p + rule.ratio_eps), amap
     patch_map = d_n / (d_p + defect.tau)
     amap = upsample_and_smooth(patch_map.reshape(grid), *out_size, rule.smoothing_sigma)
     return top_k_mean(amap, rule.top_k_fraction), amap
