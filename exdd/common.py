@@ -5,8 +5,10 @@ flat L2 index answers that exactly with BLAS, on the GPU when faiss was built wi
 support and a device is visible. Distances come back euclidean (faiss returns squared).
 
 ``nn_index: hnsw`` trades exactness for speed on CPU (a graph index, PatchCore's
-"approximate" option): it is built single-threaded so that the same bank always gives the
-same graph, and therefore the same scores, which rollback's byte-identical check needs.
+"approximate" option): on two CPU cores exact search of a paper-sized bank costs more than
+the backbone forward, the graph about a third of that (docs/benchmarks.md). It is built
+single-threaded so that the same bank always gives the same graph, and therefore the same
+scores, which rollback's byte-identical check needs.
 """
 
 from __future__ import annotations

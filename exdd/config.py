@@ -126,8 +126,8 @@ class ModelConfig(Section):
     nn_use_gpu: bool = Field(True, description="faiss on GPU when it has GPU support and CUDA")
     nn_batch_size: int = Field(65536, ge=1, description="queries per faiss search call")
     nn_index: Literal["flat", "hnsw"] = Field("flat", description="exact, or approximate graph")
-    nn_hnsw_m: int = Field(32, ge=4, description="HNSW links per node")
-    nn_hnsw_ef: int = Field(64, ge=1, description="HNSW search breadth (recall vs speed)")
+    nn_hnsw_m: int = Field(16, ge=4, description="HNSW links per node")
+    nn_hnsw_ef: int = Field(16, ge=1, description="HNSW search breadth (recall vs speed)")
     stream_chunk_patches: int = Field(
         1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
     )

@@ -37,7 +37,11 @@ class PatchEmbedder:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        maps = self.backbone(images.to(self.device))
+        return self.aggregate(self.backbone(images.to(self.device)))
+
+    @torch.inference_mode()
+    def aggregate(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The backbone's two maps -> projected patch features (B, h, w, D)."""
         pad = self.kernel // 2
         maps = [F.avg_pool2d(m, self.kernel, stride=1, padding=pad, count_include_pad=False)
                 for m in maps]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +27,19 @@ from exdd.datasets import Sample, read_image, read_mask
 from exdd.errors import DataError, ModelError
 from exdd.features import PatchEmbedder, random_projection
 from exdd.fsutil import sha256_file
-from exdd.scoring import Bank, bank_distances, score_image
+from exdd.prefetch import ordered_map, prefetched
+from exdd.scoring import Bank, MapUpsampler, Scorer
 
 IO_THREADS = 4
+DECODE_AHEAD_BATCHES = 2  # images decoded ahead of the backbone, in batches (bounds memory)
+PREFETCH_BATCHES = 2  # feature batches computed ahead of the bank search in predict
+FITTED_STATE = ("projection_", "bank_normal_", "bank_defect_", "tau_normal_", "tau_defect_",
+                "grid_", "data_hashes_")
+# Settings that only change how a fitted model predicts: scoring rule, search, batching.
+PREDICT_SETTINGS = frozenset({
+    "single_bank", "scoring", "knn", "smoothing_sigma", "top_k_fraction", "ratio_eps",
+    "nn_use_gpu", "nn_batch_size", "nn_index", "nn_hnsw_m", "nn_hnsw_ef", "batch_size", "device",
+})
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class ExDD:
         self.model = model or ModelConfig()
         self.data = data or DataConfig()
         self._embedder: PatchEmbedder | None = None
-        self._indexes: tuple[Bank, Bank | None] | None = None
+        self._scorer: Scorer | None = None
 
     # ---------------------------------------------------------------- state
     projection_: np.ndarray
@@ -97,19 +106,19 @@ class ExDD:
         """Batches of (B, 3, H, W) tensors, decoded ahead on a few threads."""
         h, w = self.data.image_height, self.data.image_width
         bs = self.model.batch_size
-        with ThreadPoolExecutor(IO_THREADS) as pool:
-            images = pool.map(lambda p: read_image(p, h, w), paths)
-            with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
-                batch: list[np.ndarray] = []
-                for img in images:
-                    batch.append(img)
-                    if len(batch) == bs:
-                        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
-                        bar.update(len(batch))
-                        batch = []
-                if batch:
+        images = ordered_map(lambda p: read_image(p, h, w), paths, IO_THREADS,
+                             ahead=DECODE_AHEAD_BATCHES * bs)
+        with tqdm(total=len(paths), desc=desc, unit="img", leave=False) as bar:
+            batch: list[np.ndarray] = []
+            for img in images:
+                batch.append(img)
+                if len(batch) == bs:
                     yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
                     bar.update(len(batch))
+                    batch = []
+            if batch:
+                yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+                bar.update(len(batch))
 
     def _patches(self, paths: Sequence[Path], desc: str) -> Iterator[np.ndarray]:
         """Per batch, patch features (B, h, w, D) as float32 numpy."""
@@ -165,7 +174,7 @@ class ExDD:
             "normal": data_fingerprint(normals),
             "defect": data_fingerprint(defects) if defects else "",
         }
-        self._indexes = None
+        self._scorer = None
         return self
 
     def _iter_images(self, samples: Sequence[Sample], desc: str) -> Iterator[np.ndarray]:
@@ -177,41 +186,49 @@ class ExDD:
         return tuple(self.embedder(probe).shape[1:3])  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- predict
-    def _banks(self) -> tuple[Bank, Bank | None]:
+    def scorer(self) -> Scorer:
+        """The banks' search indexes and the map upsampler, built once per fitted model."""
         if not self.is_fitted:
             raise ModelError("model is not fitted")
-        if self._indexes is None:
-            normal = NearestNeighbourIndex.from_config(self.model)
-            normal.fit(self.bank_normal_)
+        if self._scorer is None:
+            normal = NearestNeighbourIndex.from_config(self.model).fit(self.bank_normal_)
             defect = None
             if not self.model.single_bank:
-                index = NearestNeighbourIndex.from_config(self.model)
-                index.fit(self.bank_defect_)
+                index = NearestNeighbourIndex.from_config(self.model).fit(self.bank_defect_)
                 defect = Bank(self.bank_defect_, index, self.tau_defect_)
-            self._indexes = (Bank(self.bank_normal_, normal, self.tau_normal_), defect)
-        return self._indexes
+            size = (self.data.image_height, self.data.image_width)
+            self._scorer = Scorer(Bank(self.bank_normal_, normal, self.tau_normal_), defect,
+                                  MapUpsampler(self.grid_, size, self.model.smoothing_sigma),
+                                  self.model)
+        return self._scorer
+
+    def with_predict_settings(self, **changes: object) -> "ExDD":
+        """A copy that shares this fitted model's banks and backbone but predicts with other
+        settings (scoring rule, search index, smoothing): compare them without refitting."""
+        unknown = sorted(set(changes) - PREDICT_SETTINGS)
+        if unknown:
+            raise ModelError(f"{', '.join(unknown)}: not predict-time settings (they need a refit)")
+        if not self.is_fitted:
+            raise ModelError("model is not fitted")
+        other = ExDD(ModelConfig(**{**self.model.model_dump(), **changes}), self.data)
+        for name in FITTED_STATE:
+            setattr(other, name, getattr(self, name))
+        if "device" not in changes:
+            other._embedder = self._embedder
+        return other
 
     def predict(self, paths: Sequence[Path]) -> Prediction:
         """Scores and anomaly maps for images on disk (any size or mode: they are resized)."""
         if not paths:
             raise DataError("no images to predict")
-        normal, defect = self._banks()
-        size = (self.data.image_height, self.data.image_width)
+        scorer = self.scorer()
         scores = np.empty(len(paths), np.float64)
-        maps = np.empty((len(paths), *size), np.float32)
+        maps = np.empty((len(paths), self.data.image_height, self.data.image_width), np.float32)
         i = 0
-        for batch in self._patches(list(paths), "predict"):
-            n_img, gh, gw, dim = batch.shape
-            flat = np.ascontiguousarray(batch.reshape(-1, dim))
-            d_n, d_p = bank_distances(flat, normal, defect)
-            per = gh * gw
-            for j in range(n_img):
-                rows = slice(j * per, (j + 1) * per)
-                scores[i], maps[i] = score_image(
-                    flat[rows], d_n[rows], None if d_p is None else d_p[rows], (gh, gw), size,
-                    normal, defect, self.model,
-                )
-                i += 1
+        for batch in prefetched(self._patches(list(paths), "predict"), PREFETCH_BATCHES):
+            n = len(batch)
+            scores[i:i + n], maps[i:i + n] = scorer(batch)
+            i += n
         return Prediction(scores, maps)
 
     # ---------------------------------------------------------------- persistence

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter1d
 
 from exdd.common import NearestNeighbourIndex
 from exdd.config import ModelConfig
@@ -59,17 +59,44 @@ def reweighted_score(query: np.ndarray, bank: Bank, knn: int, complement: bool) 
     return weight * s_star
 
 
-def upsample_and_smooth(patch_map: np.ndarray, height: int, width: int, sigma: float) -> np.ndarray:
-    """Grid map (h, w) -> (height, width), bilinear, then Gaussian smoothing (sigma in pixels)."""
-    t = torch.from_numpy(np.ascontiguousarray(patch_map, dtype=np.float32))[None, None]
-    up = F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return gaussian_filter(up, sigma=sigma) if sigma > 0 else up
+def _axis_operator(cells: int, pixels: int, sigma: float) -> np.ndarray:
+    """(pixels, cells) matrix: 1-D linear upsampling (torch's bilinear, align_corners=False)
+    followed by Gaussian smoothing (scipy's, reflect mode), applied to each unit vector."""
+    eye = torch.eye(cells)[:, None, :, None]  # `cells` maps of shape (cells, 1)
+    up = F.interpolate(eye, size=(pixels, 1), mode="bilinear", align_corners=False)
+    op = up[:, 0, :, 0].T.double().numpy()
+    if sigma > 0:
+        op = gaussian_filter1d(op, sigma, axis=0, mode="reflect")
+    return op.astype(np.float32)
 
 
-def top_k_mean(values: np.ndarray, fraction: float) -> float:
-    flat = values.ravel()
-    k = max(1, int(round(fraction * flat.size)))
-    return float(np.partition(flat, flat.size - k)[flat.size - k:].mean())
+class MapUpsampler:
+    """Patch-grid maps (n, h, w) -> smoothed maps (n, H, W) at the input size.
+
+    Bilinear upsampling and Gaussian smoothing are both linear and separable, so together
+    they are one (H, h) matrix on the rows and one (W, w) on the columns: two small matrix
+    products per batch instead of an image-sized upsample and a 2-D filter per image. The
+    result equals upsampling then smoothing (``scipy.ndimage.gaussian_filter``) to float
+    rounding.
+    """
+
+    def __init__(self, grid: tuple[int, int], out_size: tuple[int, int], sigma: float) -> None:
+        self.grid = grid
+        self.out_size = out_size
+        self.rows = torch.from_numpy(_axis_operator(grid[0], out_size[0], sigma))
+        self.cols_t = torch.from_numpy(_axis_operator(grid[1], out_size[1], sigma).T.copy())
+
+    def __call__(self, patch_maps: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(patch_maps, dtype=np.float32))
+        return torch.matmul(torch.matmul(self.rows, t), self.cols_t).numpy()
+
+
+def top_k_mean(maps: np.ndarray, fraction: float) -> np.ndarray:
+    """Per map (n, ...) -> (n,): the mean of its largest ``fraction`` of values."""
+    flat = maps.reshape(len(maps), -1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    top = np.partition(flat, flat.shape[1] - k, axis=1)[:, flat.shape[1] - k:]
+    return top.mean(axis=1, dtype=np.float64)
 
 
 def bank_distances(patches: np.ndarray, normal: Bank, defect: Bank | None
@@ -81,20 +108,38 @@ def bank_distances(patches: np.ndarray, normal: Bank, defect: Bank | None
     return d_n, d_p
 
 
-def score_image(patches: np.ndarray, d_n: np.ndarray, d_p: np.ndarray | None,
-                grid: tuple[int, int], out_size: tuple[int, int], normal: Bank,
-                defect: Bank | None, rule: ModelConfig) -> tuple[float, np.ndarray]:
-    """One image: patches (h*w, D) and their bank distances -> (score, map at ``out_size``)."""
-    if defect is None or d_p is None:
-        amap = upsample_and_smooth(d_n.reshape(grid), *out_size, rule.smoothing_sigma)
-        score = reweighted_score(patches[int(np.argmax(d_n))], normal, rule.knn, complement=False)
-        return score, amap
-    if rule.scoring == "reference":
-        s_n = reweighted_score(patches[int(np.argmax(d_n))], normal, rule.knn, complement=False)
-        s_p = reweighted_score(patches[int(np.argmin(d_p))], defect, rule.knn, complement=True)
-        patch_map = d_n / (d_p + rule.ratio_eps)
-        amap = upsample_and_smooth(patch_map.reshape(grid), *out_size, rule.smoothing_sigma)
-        return s_n / (s_p + rule.ratio_eps), amap
-    patch_map = d_n / (d_p + defect.tau)
-    amap = upsample_and_smooth(patch_map.reshape(grid), *out_size, rule.smoothing_sigma)
-    return top_k_mean(amap, rule.top_k_fraction), amap
+@dataclass(frozen=True)
+class Scorer:
+    """The banks, the map upsampler and the rule: patch features -> (scores, maps)."""
+
+    normal: Bank
+    defect: Bank | None
+    upsampler: MapUpsampler
+    rule: ModelConfig
+
+    def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Patches (n, h, w, D) of n images -> image scores (n,) and maps (n, H, W)."""
+        n, gh, gw, dim = patches.shape
+        flat = np.ascontiguousarray(patches.reshape(-1, dim), dtype=np.float32)
+        d_n, d_p = bank_distances(flat, self.normal, self.defect)
+        per_image = flat.reshape(n, gh * gw, dim)
+        rule = self.rule
+        if self.defect is None or d_p is None:
+            maps = self.upsampler(d_n.reshape(n, gh, gw))
+            return self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False), maps
+        if rule.scoring == "reference":
+            maps = self.upsampler((d_n / (d_p + rule.ratio_eps)).reshape(n, gh, gw))
+            s_n = self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False)
+            s_p = self._reweighted(per_image, -d_p.reshape(n, -1), self.defect, True)
+            return s_n / (s_p + rule.ratio_eps), maps
+        maps = self.upsampler((d_n / (d_p + self.defect.tau)).reshape(n, gh, gw))
+        return top_k_mean(maps, rule.top_k_fraction), maps
+
+    def _reweighted(self, per_image: np.ndarray, key: np.ndarray, bank: Bank,
+                    complement: bool) -> np.ndarray:
+        """Reweighted score of each image's decisive patch (the one with the largest key)."""
+        decisive = np.argmax(key, axis=1)
+        return np.array([
+            reweighted_score(per_image[i, j], bank, self.rule.knn, complement)
+            for i, j in enumerate(decisive)
+        ])

@@ -97,6 +97,22 @@ def test_single_bank_and_reference_rule(demo: Path) -> None:
         assert np.isfinite(pred.scores).all()
 
 
+def test_predict_settings_change_without_refit(fitted: ExDD, demo: Path) -> None:
+    """The same banks searched by the HNSW graph: the same maps up to its rare misses."""
+    paths = [s.image for s in load_samples(demo, "test")]
+    exact = fitted.predict(paths)
+    graph = fitted.with_predict_settings(nn_index="hnsw")
+    assert graph.model.nn_index == "hnsw" and fitted.model.nn_index == "flat"
+    assert graph.bank_normal_ is fitted.bank_normal_
+    approx = graph.predict(paths)
+    assert np.corrcoef(exact.scores, approx.scores)[0, 1] > 0.99
+    assert np.isclose(approx.maps, exact.maps, rtol=1e-4, atol=1e-6).mean() > 0.95
+    with pytest.raises(ModelError, match="coreset_normal: not predict-time"):
+        fitted.with_predict_settings(coreset_normal=0.5)
+    with pytest.raises(ModelError, match="not fitted"):
+        ExDD(MODEL, DATA).with_predict_settings(scoring="reference")
+
+
 def test_no_normals_or_no_defects(demo: Path) -> None:
     train = load_samples(demo, "train")
     with pytest.raises(DataError, match="no defect-free"):
