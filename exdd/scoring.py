@@ -81,8 +81,6 @@ class MapUpsampler:
     """
 
     def __init__(self, grid: tuple[int, int], out_size: tuple[int, int], sigma: float) -> None:
-        self.grid = grid
-        self.out_size = out_size
         self.rows = torch.from_numpy(_axis_operator(grid[0], out_size[0], sigma))
         self.cols_t = torch.from_numpy(_axis_operator(grid[1], out_size[1], sigma).T.copy())
 
