@@ -31,6 +31,7 @@ from exdd.backbones import load_backbone
 from exdd.config import Params, load_params
 from exdd.datasets import load_samples, read_image
 from exdd.features import PatchEmbedder, random_projection
+from exdd.geometry import resolve_input_size
 from exdd.sampler import GreedyCoresetSampler, coverage_radius
 
 
@@ -52,9 +53,11 @@ def patch_like(n: int, dim: int, clusters: int, decay: float, seed: int) -> np.n
 
 def real_patches(data: Path, params: Params) -> np.ndarray:
     """Patch features of the normal training images, as the detector extracts them."""
-    model, size = params.model, (params.data.image_height, params.data.image_width)
+    model = params.model
     normals = [s.image for s in load_samples(data, "train") if s.label == 0]
     backbone = load_backbone(model.backbone, model.backbone_weights)
+    size = resolve_input_size(params.data, normals, backbone.stride, backbone.min_size,
+                              backbone.name).input_size
     projection = random_projection(sum(backbone.channels), model.projection_dim, model.seed)
     embed = PatchEmbedder(backbone, model.aggregation_kernel, projection, torch.device("cpu"))
     chunks = []

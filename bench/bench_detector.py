@@ -21,6 +21,7 @@ import torch
 from exdd.config import DataConfig, ModelConfig, load_params
 from exdd.datasets import load_samples, read_image
 from exdd.evaluate import evaluate
+from exdd.geometry import with_input_size
 from exdd.model import ExDD
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
@@ -28,7 +29,7 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
 
 def preload(model: ExDD, paths: list[Path]) -> torch.Tensor:
     """The images decoded and resized once, laid out as predict feeds them to the backbone."""
-    h, w = model.data.image_height, model.data.image_width
+    h, w = model.data.input_size
     return torch.from_numpy(np.stack([read_image(p, h, w) for p in paths])).permute(0, 3, 1, 2)
 
 
@@ -46,7 +47,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--config", help="params.yaml (default: library defaults)")
-    ap.add_argument("--size", type=int, default=256, help="square input size")
+    ap.add_argument("--input-size", metavar="HxW|PRESET",
+                    help="input size (default: the config's, which follows the data)")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--repeat", type=int, default=1, help="fit on the train split N times over")
     ap.add_argument("--json", help="write all figures here")
@@ -55,18 +57,19 @@ def main() -> None:
     params = load_params(args.config) if args.config else None
     model_cfg = (params.model if params else ModelConfig()).model_copy(
         update={"backbone": args.backbone})
-    data_cfg = (params.data if params else DataConfig()).model_copy(
-        update={"image_height": args.size, "image_width": args.size})
+    data_cfg = params.data if params else DataConfig()
+    if args.input_size:
+        data_cfg = with_input_size(data_cfg, args.input_size)
     train = load_samples(args.data, "train") * args.repeat
     test = load_samples(args.data, "test")
-    print(f"train {len(train)} images ({sum(s.label for s in train)} defect), test {len(test)}; "
-          f"{args.backbone} at {args.size}x{args.size}, torch threads {torch.get_num_threads()}")
-
     start = time.perf_counter()
     model = ExDD(model_cfg, data_cfg).fit(train)
     fit_s = time.perf_counter() - start
+    h, w = model.data.input_size
+    print(f"train {len(train)} images ({sum(s.label for s in train)} defect), test {len(test)}; "
+          f"{args.backbone} at {h}x{w}, torch threads {torch.get_num_threads()}")
     figures: dict[str, object] = {
-        "fit_seconds": fit_s, "fit_split": model.fit_timings_,
+        "input_size": [h, w], "fit_seconds": fit_s, "fit_split": model.fit_timings_,
         "bank_sizes": {"normal": len(model.bank_normal_), "defect": len(model.bank_defect_)},
         "tau": {"normal": model.tau_normal_, "defect": model.tau_defect_},
         "peak_rss_fit_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -83,7 +86,8 @@ def main() -> None:
     for name, changes in (("patchcore_single_bank", {"single_bank": True}),
                           ("dual_reference", {"scoring": "reference"}),
                           ("dual_calibrated", {"scoring": "calibrated"}),
-                          ("dual_calibrated_hnsw", {"scoring": "calibrated", "nn_index": "hnsw"})):
+                          (f"dual_default_{model_cfg.scoring}", {}),
+                          ("dual_default_hnsw", {"nn_index": "hnsw"})):
         m = model.with_predict_settings(**changes)
         m.predict(paths[: model_cfg.batch_size])  # builds the search indexes
         start = time.perf_counter()

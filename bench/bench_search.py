@@ -75,7 +75,7 @@ def main() -> None:
     model = ExDD.load(args.model)
     test = load_samples(args.data, "test")
     paths = [s.image for s in test]
-    h, w, bs = model.data.image_height, model.data.image_width, model.model.batch_size
+    (h, w), bs = model.data.input_size, model.model.batch_size
     n = len(paths)
     print(f"{n} test images at {h}x{w}, batch {bs}, torch threads {torch.get_num_threads()}")
 

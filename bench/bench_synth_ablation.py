@@ -68,8 +68,8 @@ class CachedExDD(ExDD):
 
     features: dict[Path, np.ndarray] = {}
 
-    def _builder(self, fraction: float) -> ReplayBuilder:  # type: ignore[override]
-        return ReplayBuilder(super()._builder(fraction))
+    def _builder(self, fraction: float, min_keep: int = 1) -> ReplayBuilder:  # type: ignore[override]
+        return ReplayBuilder(super()._builder(fraction, min_keep))
 
     def _patches(self, paths: Sequence[Path], desc: str) -> Iterator[np.ndarray]:
         missing = [p for p in dict.fromkeys(paths) if p not in self.features]
@@ -114,7 +114,7 @@ def main() -> None:
     normals = [s for s in train if s.label == 0]
     largest = max(args.counts + args.synthetic_only)
     print(f"train {len(train)} ({len(train) - len(normals)} defect), test {len(test)}; "
-          f"{args.backbone} at {data_cfg.image_height}x{data_cfg.image_width}; "
+          f"{args.backbone}; "
           f"{largest} procedural samples, seed {args.seed}", flush=True)
 
     rows = []

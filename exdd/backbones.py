@@ -30,6 +30,8 @@ class Backbone(nn.Module):
 
     name: str
     channels: tuple[int, int]
+    stride = 16  # of the deeper map: input sides that are multiples of it tile it exactly
+    min_size = 2 * stride  # smaller inputs leave the deeper map a single cell
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()

@@ -5,7 +5,9 @@ Each full buffer is reduced to its greedy coreset (the configured fraction), so 
 bank is the union of per-chunk coresets and peak memory is one buffer plus the bank. With
 fewer patches than one buffer (the usual case) this is exactly one global greedy coreset.
 A sample of the patches each coreset left out is kept to measure tau, the bank's typical
-nearest-neighbour distance for its own kind of patch, which the calibrated scoring uses.
+nearest-neighbour distance for its own kind of patch, which the calibrated scoring uses;
+a bank that kept every patch (``min_keep``: small defect banks are kept whole) measures it
+as each patch's distance to its nearest other bank patch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class BankBuilder:
 
     fraction: float
     model: ModelConfig
+    min_keep: int = 1
     timings: dict[str, float] = field(default_factory=lambda: {"coreset": 0.0, "indexing": 0.0})
 
     def __post_init__(self) -> None:
@@ -58,7 +61,8 @@ class BankBuilder:
     def _reduce(self) -> None:
         chunk = self._buffer[: self._filled]
         start = time.perf_counter()
-        chosen = GreedyCoresetSampler.from_config(self.fraction, self.model).select(chunk)
+        chosen = GreedyCoresetSampler.from_config(self.fraction, self.model,
+                                                   self.min_keep).select(chunk)
         self.timings["coreset"] += time.perf_counter() - start
         self._selected.append(chunk[chosen].copy())
         left_out = np.setdiff1d(np.arange(len(chunk)), chosen)
@@ -75,15 +79,18 @@ class BankBuilder:
         if not self._selected:
             raise DataError("no patches to build a memory bank from")
         bank = np.ascontiguousarray(np.concatenate(self._selected))
-        if not self._probes:
+        if len(bank) < 2 and not self._probes:
             return bank, 1.0
-        probes = np.concatenate(self._probes)
-        if len(probes) > self.calibration_patches:
-            probes = probes[np.sort(self._rng.choice(len(probes), self.calibration_patches,
-                                                     replace=False))]
         start = time.perf_counter()
         index = NearestNeighbourIndex.from_config(self.model)
         index.fit(bank)
-        dist = index.search(probes, 1)[0][:, 0]
+        if self._probes:
+            probes = np.concatenate(self._probes)
+            if len(probes) > self.calibration_patches:
+                probes = probes[np.sort(self._rng.choice(len(probes), self.calibration_patches,
+                                                         replace=False))]
+            dist = index.search(probes, 1)[0][:, 0]
+        else:  # every patch was kept: each one's distance to its nearest other bank patch
+            dist = index.search(bank, 2)[0][:, 1]
         self.timings["indexing"] += time.perf_counter() - start
         return bank, float(np.quantile(dist, self.model.tau_quantile))

@@ -26,22 +26,21 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
                       model_version: str | int = "", relative_to: Path | None = None) -> int:
     """Score ``images`` into ``out`` atomically; returns how many were flagged.
 
-    Overlays share one colour scale across the batch so that heat is comparable between
-    images; ``flag`` is empty when no threshold is known.
+    Overlays keep each image's own shape and share one colour scale across the batch so
+    that heat is comparable between images; ``flag`` is empty when no threshold is known.
     """
     from exdd.datasets import read_image
     from exdd.visualize import save_overlay
 
     pred = model.predict(images)
     vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
-    h, w = model.data.image_height, model.data.image_width
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(SCORE_COLUMNS)
     with atomic_dir(out) as staging:
         for i, (path, score, amap) in enumerate(zip(images, pred.scores, pred.maps)):
             overlay = f"{OVERLAYS_DIR}/{i:05d}_{path.stem}.png"
-            save_overlay(staging / overlay, read_image(path, h, w), amap, vmin, vmax)
+            save_overlay(staging / overlay, read_image(path), amap, vmin, vmax)
             flag = "" if threshold is None else int(score >= threshold)
             name = os.path.relpath(path, relative_to) if relative_to else str(path)
             writer.writerow([name, repr(float(score)), flag,

@@ -34,12 +34,39 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(Section):
-    """How images are read: the network input size and the mask threshold."""
+# Named input sizes (height, width): ``ksdd2`` is the paper's KolektorSDD2 setting.
+INPUT_PRESETS: dict[str, tuple[int, int]] = {"ksdd2": (632, 224)}
 
-    image_height: int = Field(256, ge=32, le=4096)
-    image_width: int = Field(256, ge=32, le=4096)
+
+class DataConfig(Section):
+    """How images are read: the network input size and the mask threshold.
+
+    With ``image_height`` / ``image_width`` unset (and no ``preset``) the input keeps the
+    training images' median aspect ratio at ``pixel_budget`` pixels (exdd.geometry); the
+    fitted model stores the size it chose.
+    """
+
+    image_height: int | None = Field(None, ge=1, le=4096, description="None: from the data")
+    image_width: int | None = Field(None, ge=1, le=4096, description="None: from the data")
+    preset: str | None = Field(None, description=f"named size: {', '.join(INPUT_PRESETS)}")
+    pixel_budget: int = Field(256 * 256, ge=1024, le=4096 * 4096,
+                              description="input pixels when the size follows the data")
     mask_threshold: int = Field(127, ge=0, le=254, description="mask pixel > this is defect")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in INPUT_PRESETS:
+            raise ValueError(f"unknown input size preset {v!r}; choose one of "
+                             f"{', '.join(sorted(INPUT_PRESETS))}")
+        return v
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width); only a resolved config (a fitted model's) has one."""
+        if self.image_height is None or self.image_width is None:
+            raise ConfigError("the input size is not resolved yet (it is chosen at fit)")
+        return self.image_height, self.image_width
 
 
 def _ordered(v: tuple[float, float]) -> tuple[float, float]:
@@ -118,6 +145,9 @@ class ModelConfig(Section):
     seed: int = 0
     coreset_normal: float = Field(0.02, gt=0.0, le=1.0)
     coreset_defect: float = Field(0.10, gt=0.0, le=1.0)
+    coreset_defect_min: int = Field(
+        2048, ge=1, description="M_P keeps at least this many patches (all, when fewer): a "
+                                "line with few defects keeps every defect patch")
     coreset_projection_dim: int = Field(128, ge=8, description="JL projection used while sampling")
     coreset_chunk_size: int = Field(16384, ge=64, description="rows per distance chunk while sampling")
     coreset_max_groups: int = Field(16, ge=1, description="groups compared per coreset step (speed only)")
@@ -133,7 +163,14 @@ class ModelConfig(Section):
     )
     mask_dilation: int = Field(0, ge=0, description="dilate defect masks by this many pixels")
     single_bank: bool = False
-    scoring: Literal["reference", "calibrated"] = "calibrated"
+    scoring: Literal["reference", "calibrated", "weighted"] = Field(
+        "calibrated", description="dual rule (exdd.scoring); reference = the paper's")
+    defect_weight: float = Field(
+        1.0, ge=0.0, le=4.0, description="weighted rule: d_N x (d_N / (d_N + d_P)) ** this; "
+                                         "0 = the normal bank alone")
+    image_score: Literal["max", "top_k", "reweighted"] = Field(
+        "top_k", description="image score from the smoothed map: its max or top-k mean; "
+                             "reweighted = PatchCore's eq. 7 (single_bank only)")
     knn: int = Field(3, ge=1, description="neighbours for PatchCore reweighting")
     smoothing_sigma: float = Field(4.0, ge=0.0)
     top_k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="pooling for image score")
@@ -142,6 +179,13 @@ class ModelConfig(Section):
     calibration_patches: int = Field(20000, ge=100, description="held-out patches used for tau")
     batch_size: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _pooling_fits_rule(self) -> "ModelConfig":
+        if self.image_score == "reweighted" and not self.single_bank:
+            raise ValueError("image_score 'reweighted' is PatchCore's single-bank score: set "
+                             "single_bank, or use max / top_k")
+        return self
 
 
 class SynthConfig(Section):

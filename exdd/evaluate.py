@@ -15,7 +15,7 @@ from exdd.model import ExDD, Prediction
 
 def ground_truth(model: ExDD, samples: Sequence[Sample]) -> np.ndarray:
     """Masks (N, H, W) at the model's input size; normal images without a mask are empty."""
-    h, w = model.data.image_height, model.data.image_width
+    h, w = model.data.input_size
     return np.stack([
         read_mask(s.mask, h, w, model.data.mask_threshold, image_path=s.image) for s in samples
     ])

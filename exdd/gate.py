@@ -89,8 +89,7 @@ def overlay_set(model: ExDD, samples: list[Sample], count: int) -> Overlays:
     chosen = ([s for s in samples if s.label == 1][: (count + 1) // 2]
               + [s for s in samples if s.label == 0])[:count]
     pred = model.predict([s.image for s in chosen])
-    h, w = model.data.image_height, model.data.image_width
-    images = [read_image(s.image, h, w) for s in chosen]
+    images = [read_image(s.image) for s in chosen]  # own shape: the map is fitted to it
     titles = [f"{'defect' if s.label else 'normal'} {s.image.stem}: {score:.3f}"
               for s, score in zip(chosen, pred.scores)]
     return images, list(pred.maps), titles

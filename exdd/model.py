@@ -26,6 +26,7 @@ from exdd.config import DataConfig, ModelConfig
 from exdd.datasets import Sample, read_image, read_mask
 from exdd.errors import DataError, ModelError
 from exdd.features import PatchEmbedder, random_projection
+from exdd.geometry import resolve_input_size
 from exdd.fsutil import sha256_file
 from exdd.prefetch import ordered_map, prefetched
 from exdd.scoring import Bank, MapUpsampler, Scorer
@@ -37,7 +38,7 @@ FITTED_STATE = ("projection_", "bank_normal_", "bank_defect_", "tau_normal_", "t
                 "grid_", "data_hashes_")
 # Settings that only change how a fitted model predicts: scoring rule, search, batching.
 PREDICT_SETTINGS = frozenset({
-    "single_bank", "scoring", "knn", "smoothing_sigma", "top_k_fraction", "ratio_eps",
+    "single_bank", "scoring", "defect_weight", "image_score", "knn", "smoothing_sigma", "top_k_fraction", "ratio_eps",
     "nn_use_gpu", "nn_batch_size", "nn_index", "nn_hnsw_m", "nn_hnsw_ef", "batch_size", "device",
 })
 
@@ -104,7 +105,7 @@ class ExDD:
     # ---------------------------------------------------------------- images
     def _image_batches(self, paths: Sequence[Path], desc: str) -> Iterator[torch.Tensor]:
         """Batches of (B, 3, H, W) tensors, decoded ahead on a few threads."""
-        h, w = self.data.image_height, self.data.image_width
+        h, w = self.data.input_size
         bs = self.model.batch_size
         images = ordered_map(lambda p: read_image(p, h, w), paths, IO_THREADS,
                              ahead=DECODE_AHEAD_BATCHES * bs)
@@ -127,7 +128,7 @@ class ExDD:
 
     def _defect_cells(self, sample: Sample, grid: tuple[int, int]) -> np.ndarray:
         """Which grid cells of an image lie under its (dilated) defect mask."""
-        h, w = self.data.image_height, self.data.image_width
+        h, w = self.data.input_size
         mask = read_mask(sample.mask, h, w, self.data.mask_threshold, image_path=sample.image)
         if self.model.mask_dilation:
             mask = binary_dilation(mask, iterations=self.model.mask_dilation)
@@ -135,8 +136,8 @@ class ExDD:
         return cover[0, 0].numpy() > 0
 
     # ---------------------------------------------------------------- fit
-    def _builder(self, fraction: float) -> BankBuilder:
-        return BankBuilder(fraction, self.model)
+    def _builder(self, fraction: float, min_keep: int = 1) -> BankBuilder:
+        return BankBuilder(fraction, self.model, min_keep)
 
     def fit(self, train: Sequence[Sample], synthetic: Sequence[Sample] = ()) -> "ExDD":
         """Build M_N from normal images and M_P from patches under defect masks."""
@@ -146,6 +147,9 @@ class ExDD:
             raise DataError("no defect-free training images: M_N cannot be built")
         if not self.model.single_bank and not defects:
             raise DataError("no defect images with masks for M_P (use --single-bank for PatchCore)")
+        backbone = self.embedder.backbone
+        self.data = resolve_input_size(self.data, [s.image for s in train], backbone.stride,
+                                       backbone.min_size, backbone.name)
         self.grid_ = self._grid()
         timings = {"features": 0.0, "coreset": 0.0, "indexing": 0.0}
         normal = self._builder(self.model.coreset_normal)
@@ -158,7 +162,7 @@ class ExDD:
             self.tau_defect_ = 1.0
             builders = [normal]
         else:
-            defect = self._builder(self.model.coreset_defect)
+            defect = self._builder(self.model.coreset_defect, self.model.coreset_defect_min)
             for sample, feats in zip(defects, self._iter_images(defects, "defect")):
                 defect.add(feats[self._defect_cells(sample, self.grid_)])
             if defect.seen == 0:
@@ -182,7 +186,7 @@ class ExDD:
             yield from batch
 
     def _grid(self) -> tuple[int, int]:
-        probe = torch.zeros(1, 3, self.data.image_height, self.data.image_width)
+        probe = torch.zeros(1, 3, *self.data.input_size)
         return tuple(self.embedder(probe).shape[1:3])  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- predict
@@ -196,7 +200,7 @@ class ExDD:
             if not self.model.single_bank:
                 index = NearestNeighbourIndex.from_config(self.model).fit(self.bank_defect_)
                 defect = Bank(self.bank_defect_, index, self.tau_defect_)
-            size = (self.data.image_height, self.data.image_width)
+            size = self.data.input_size
             self._scorer = Scorer(Bank(self.bank_normal_, normal, self.tau_normal_), defect,
                                   MapUpsampler(self.grid_, size, self.model.smoothing_sigma),
                                   self.model)
@@ -223,7 +227,7 @@ class ExDD:
             raise DataError("no images to predict")
         scorer = self.scorer()
         scores = np.empty(len(paths), np.float64)
-        maps = np.empty((len(paths), self.data.image_height, self.data.image_width), np.float32)
+        maps = np.empty((len(paths), *self.data.input_size), np.float32)
         i = 0
         for batch in prefetched(self._patches(list(paths), "predict"), PREFETCH_BATCHES):
             n = len(batch)

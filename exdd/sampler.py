@@ -51,7 +51,7 @@ class GreedyCoresetSampler:
                  max_groups: int = _DEFAULTS.coreset_max_groups,
                  sketch_dim: int = _DEFAULTS.coreset_sketch_dim,
                  sketch_sample: int = _DEFAULTS.coreset_sketch_sample,
-                 progress: bool = True) -> None:
+                 min_keep: int = 1, progress: bool = True) -> None:
         if not 0.0 < fraction <= 1.0:
             raise DataError(f"coreset fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
@@ -61,20 +61,23 @@ class GreedyCoresetSampler:
         self.max_groups = max_groups
         self.sketch_dim = sketch_dim
         self.sketch_sample = sketch_sample
+        self.min_keep = max(1, min_keep)
         self.progress = progress
 
     @classmethod
-    def from_config(cls, fraction: float, model: ModelConfig,
+    def from_config(cls, fraction: float, model: ModelConfig, min_keep: int = 1,
                     progress: bool = True) -> GreedyCoresetSampler:
         """The sampler with every ``coreset_*`` setting of ``model``."""
         return cls(fraction, model.coreset_projection_dim, model.seed,
                    chunk_size=model.coreset_chunk_size, max_groups=model.coreset_max_groups,
                    sketch_dim=model.coreset_sketch_dim,
-                   sketch_sample=model.coreset_sketch_sample, progress=progress)
+                   sketch_sample=model.coreset_sketch_sample, min_keep=min_keep,
+                   progress=progress)
 
     def n_select(self, n: int) -> int:
-        """How many of n rows the coreset keeps: at least one."""
-        return min(n, max(1, round(self.fraction * n)))
+        """How many of n rows the coreset keeps: the fraction, but at least ``min_keep``
+        (all of them when there are fewer)."""
+        return min(n, max(self.min_keep, round(self.fraction * n)))
 
     def project(self, features: np.ndarray) -> np.ndarray:
         """The features the distances are computed on: seeded JL projection, or the features

@@ -106,6 +106,24 @@ def bank_distances(patches: np.ndarray, normal: Bank, defect: Bank | None
     return d_n, d_p
 
 
+def dual_evidence(d_n: np.ndarray, d_p: np.ndarray, tau_p: float, rule: ModelConfig
+                  ) -> np.ndarray:
+    """Per-patch anomaly evidence of a dual rule from the distances to both banks."""
+    if rule.scoring == "reference":
+        return d_n / (d_p + rule.ratio_eps)
+    if rule.scoring == "calibrated":
+        return d_n / (d_p + tau_p)
+    closeness = d_n / (d_n + d_p + rule.ratio_eps)  # in [0, 1): 1/2 where equidistant
+    return d_n * closeness ** rule.defect_weight
+
+
+def pooled(maps: np.ndarray, rule: ModelConfig) -> np.ndarray:
+    """Image scores (n,) read off smoothed maps (n, H, W): their maximum or top-k mean."""
+    if rule.image_score == "max":
+        return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
+    return top_k_mean(maps, rule.top_k_fraction)
+
+
 @dataclass(frozen=True)
 class Scorer:
     """The banks, the map upsampler and the rule: patch features -> (scores, maps)."""
@@ -124,14 +142,15 @@ class Scorer:
         rule = self.rule
         if self.defect is None or d_p is None:
             maps = self.upsampler(d_n.reshape(n, gh, gw))
-            return self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False), maps
+            if rule.image_score == "reweighted":
+                return self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False), maps
+            return pooled(maps, rule), maps
+        maps = self.upsampler(dual_evidence(d_n, d_p, self.defect.tau, rule).reshape(n, gh, gw))
         if rule.scoring == "reference":
-            maps = self.upsampler((d_n / (d_p + rule.ratio_eps)).reshape(n, gh, gw))
             s_n = self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False)
             s_p = self._reweighted(per_image, -d_p.reshape(n, -1), self.defect, True)
             return s_n / (s_p + rule.ratio_eps), maps
-        maps = self.upsampler((d_n / (d_p + self.defect.tau)).reshape(n, gh, gw))
-        return top_k_mean(maps, rule.top_k_fraction), maps
+        return pooled(maps, rule), maps
 
     def _reweighted(self, per_image: np.ndarray, key: np.ndarray, bank: Bank,
                     complement: bool) -> np.ndarray:

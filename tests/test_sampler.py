@@ -145,3 +145,16 @@ def test_small_chunks_give_the_same_coreset() -> None:
     big = GreedyCoresetSampler(0.04, seed=1, progress=False).select(feats)
     small = GreedyCoresetSampler(0.04, seed=1, chunk_size=64, progress=False).select(feats)
     np.testing.assert_array_equal(big, small)
+
+
+def test_min_keep_is_a_floor_that_keeps_small_sets_whole() -> None:
+    feats = clustered(400, 8, seed=2)
+    floor = GreedyCoresetSampler(0.1, seed=0, min_keep=100, progress=False)
+    assert floor.n_select(400) == 100 and floor.n_select(5000) == 500 and floor.n_select(60) == 60
+    chosen = floor.select(feats)
+    assert len(chosen) == 100
+    # the floor extends the same farthest-point traversal: the 10 % coreset is its prefix
+    plain = GreedyCoresetSampler(0.1, seed=0, progress=False).select(feats)
+    np.testing.assert_array_equal(chosen[:len(plain)], plain)
+    whole = GreedyCoresetSampler(0.1, seed=0, min_keep=1000, progress=False).select(feats)
+    np.testing.assert_array_equal(whole, np.arange(400))

@@ -74,3 +74,38 @@ def test_calibrated_scorer_on_a_batch_matches_its_definition() -> None:
         k = max(1, round(0.01 * want.size))
         assert score == pytest.approx(np.sort(want.ravel())[-k:].mean(), rel=1e-4)
     assert int(np.argmax(scores)) == 1
+
+
+@pytest.mark.parametrize(("power", "pooling"), [(1.0, "max"), (0.5, "top_k"), (0.0, "max")])
+def test_weighted_scorer_matches_its_definition(power: float, pooling: str) -> None:
+    """map = smooth(up(d_N * (d_N / (d_N + d_P)) ** power)), score = max or top-k mean."""
+    rng = np.random.default_rng(5)
+    normal = rng.normal(size=(300, 16)).astype(np.float32)
+    defect = (rng.normal(size=(60, 16)) + 3).astype(np.float32)
+    patches = rng.normal(size=(3, 6, 5, 16)).astype(np.float32)
+    patches[2, 1:3, 2:4] += 3
+    rule = ModelConfig(scoring="weighted", defect_weight=power, image_score=pooling,
+                       smoothing_sigma=2.0, top_k_fraction=0.02, nn_use_gpu=False)
+    scorer = Scorer(
+        Bank(normal, NearestNeighbourIndex(use_gpu=False).fit(normal), 1.0),
+        Bank(defect, NearestNeighbourIndex(use_gpu=False).fit(defect), 1.0),
+        MapUpsampler((6, 5), (24, 20), rule.smoothing_sigma), rule,
+    )
+    scores, maps = scorer(patches)
+    for img, score, amap in zip(patches, scores, maps):
+        flat = img.reshape(-1, 16)
+        d_n, d_p = brute_force_nn(flat, normal), brute_force_nn(flat, defect)
+        evidence = d_n * (d_n / (d_n + d_p)) ** power
+        want = upsample_then_smooth(evidence.reshape(6, 5), (24, 20), rule.smoothing_sigma)
+        np.testing.assert_allclose(amap, want, rtol=1e-4, atol=1e-5)
+        k = max(1, round(0.02 * want.size))
+        expected = want.max() if pooling == "max" else np.sort(want.ravel())[-k:].mean()
+        assert score == pytest.approx(expected, rel=1e-4)
+    if power > 0:
+        assert int(np.argmax(scores)) == 2
+
+
+def test_reweighted_image_score_is_single_bank_only() -> None:
+    assert ModelConfig(single_bank=True, image_score="reweighted").image_score == "reweighted"
+    with pytest.raises(ValueError, match="single-bank score"):
+        ModelConfig(image_score="reweighted")

@@ -14,6 +14,7 @@ from exdd.config import load_params
 from exdd.datasets import IMAGE_SUFFIXES, load_samples
 from exdd.errors import DataError
 from exdd.fsutil import write_text_atomic
+from exdd.geometry import with_input_size
 
 METRICS_FILE = "metrics.json"
 
@@ -34,10 +35,12 @@ def _fit(args: argparse.Namespace) -> int:
     synthetic = [s for d in args.synthetic or [] for s in load_samples(d) if s.label == 1]
     if args.synthetic and not synthetic:
         raise DataError(f"{', '.join(args.synthetic)}: no synthetic defect samples found")
-    model = ExDD(model_cfg, params.data).fit(train, synthetic)
+    data_cfg = with_input_size(params.data, args.input_size) if args.input_size else params.data
+    model = ExDD(model_cfg, data_cfg).fit(train, synthetic)
     digest = model.save(args.out)
-    print(f"model {digest[:12]} written to {args.out}: M_N {len(model.bank_normal_)} patches, "
-          f"M_P {len(model.bank_defect_)} patches")
+    h, w = model.data.input_size
+    print(f"model {digest[:12]} written to {args.out}: input {h}x{w}, "
+          f"M_N {len(model.bank_normal_)} patches, M_P {len(model.bank_defect_)} patches")
     return 0
 
 
@@ -109,6 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--backbone", choices=["efficientnet_lite0", "wide_resnet50_2"])
     fit.add_argument("--single-bank", action="store_true", help="PatchCore: no defect bank")
     fit.add_argument("--scoring", choices=["reference", "calibrated"])
+    fit.add_argument("--input-size", metavar="HxW|PRESET",
+                     help="network input size, e.g. 632x224 or ksdd2 (default: the training "
+                          "images' aspect at data.pixel_budget pixels)")
     fit.add_argument("--synthetic", action="append", metavar="DIR",
                      help="synthetic defect set for the positive bank (repeatable)")
     fit.add_argument("--config", help="params.yaml to use")

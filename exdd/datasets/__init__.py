@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,22 +107,36 @@ def read_manifest(csv_path: Path) -> list[Sample]:
     return samples
 
 
-def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Image:
-    """Decode an image file (or its bytes) fully; a bad one is a DataError naming ``name``."""
-    what = name or str(source)
+@contextmanager
+def _decoding(what: str) -> Iterator[None]:
+    """Turn PIL's many failure types into one DataError naming the file."""
     try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        img.load()
+        yield
     except FileNotFoundError:
         raise DataError(f"{what}: file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{what}: unreadable image ({err})") from None
+
+
+def open_image(source: Path | str | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file (or its bytes) fully; a bad one is a DataError naming ``name``."""
+    with _decoding(name or str(source)):
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img.load()
     return img
 
 
-def read_image(path: Path, height: int, width: int) -> np.ndarray:
-    """RGB float32 array (H, W, 3) in [0, 1], resized to the configured input size."""
-    img = open_image(Path(path)).convert("RGB").resize((width, height), Image.BILINEAR)
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header alone: cheap enough for a whole data set."""
+    with _decoding(str(path)), Image.open(path) as img:
+        return img.size
+
+
+def read_image(path: Path, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """RGB float32 array (H, W, 3) in [0, 1], resized to (height, width) when given."""
+    img = open_image(Path(path)).convert("RGB")
+    if height is not None and width is not None:
+        img = img.resize((width, height), Image.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255.0
 
 

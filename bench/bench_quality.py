@@ -1,0 +1,114 @@
+"""Detection quality on every data set we have: single-bank vs anomalib vs paper vs default.
+
+    python bench/bench_quality.py [--data magnetic-tile mvtec3d-tire:def10 ...]
+                                  [--peer-python .bench-venv/bin/python] [--json q.json]
+
+Per data set (the shared sets and their stress variants, bench/variants.py) one fit with
+the product's defaults (params.yaml: the input size follows the data), then its test split
+scored by single-bank PatchCore (M_N only), the paper's ``reference`` rule and the default,
+all on the same banks; ``--synthetic-only`` adds a fit whose M_P holds procedural synthetic
+defects only (a new line with no real defect yet). With ``--peer-python`` (the benchmark
+venv of ``make bench-venv``), anomalib's PatchCore runs on the same backbone features and
+input size (bench/peer_anomalib.py). Nothing here chooses a default: that is
+bench/select_defaults.py's job, on training data only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from exdd.config import load_params
+from exdd.datasets import load_samples
+from exdd.evaluate import evaluate
+from exdd.model import ExDD
+from exdd.synth import synthesize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import variants  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap")
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_anomalib.py"
+
+
+def peer(python: str, manifest: Path, size: tuple[int, int], coreset: float) -> dict[str, float]:
+    """anomalib's PatchCore on the same backbone and input size, in the benchmark venv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "peer.json"
+        subprocess.run([python, str(PEER_SCRIPT), "--data", str(manifest), "--height",
+                        str(size[0]), "--width", str(size[1]), "--coreset", str(coreset),
+                        "--json", str(out)], check=True, cwd=ROOT)
+        return json.loads(out.read_text())["runs"][str(coreset)]
+
+
+def row(name: str, metrics: dict[str, float], seconds: float | None = None) -> dict[str, object]:
+    r: dict[str, object] = {"rule": name, **{k: float(metrics[k]) for k in KEYS}}
+    if seconds is not None:
+        r["seconds"] = seconds
+    print(f"  {name:<34} " + "  ".join(f"{k} {metrics[k]:.4f}" for k in KEYS), flush=True)
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", nargs="+", default=list(variants.ALL),
+                    help="data sets: NAME or NAME:VARIANT (bench/variants.py)")
+    ap.add_argument("--config", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "exdd-variants")
+    ap.add_argument("--peer-python", help="python of the benchmark venv (anomalib)")
+    ap.add_argument("--peer-coreset", type=float, default=0.1, help="anomalib's default")
+    ap.add_argument("--synthetic-only", action="store_true",
+                    help="also fit with procedural synthetic defects as the only M_P")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    params = load_params(args.config)
+    table: dict[str, list[dict[str, object]]] = {}
+    for name in args.data:
+        manifest = variants.build(name, args.cache)
+        train, test = load_samples(manifest, "train"), load_samples(manifest, "test")
+        start = time.perf_counter()
+        model = ExDD(params.model, params.data).fit(train)
+        fit_s = time.perf_counter() - start
+        h, w = model.data.input_size
+        print(f"{name}: train {len(train)} ({sum(s.label for s in train)} defect), test "
+              f"{len(test)}; input {h}x{w}; M_N {len(model.bank_normal_)}, "
+              f"M_P {len(model.bank_defect_)}; fit {fit_s:.0f}s", flush=True)
+        rows = [row("single-bank PatchCore",
+                    evaluate(model.with_predict_settings(single_bank=True), test))]
+        if args.peer_python:
+            rows.append(row(f"anomalib PatchCore ({args.peer_coreset:g} coreset)",
+                            peer(args.peer_python, manifest, (h, w), args.peer_coreset)))
+        rows.append(row("dual, reference (paper)",
+                        evaluate(model.with_predict_settings(scoring="reference"), test)))
+        rows.append(row(f"dual, default ({params.model.scoring})", evaluate(model, test)))
+        if args.synthetic_only:
+            with tempfile.TemporaryDirectory() as tmp:
+                synthetic = load_samples(synthesize(
+                    manifest, Path(tmp) / "synthetic", params.synth, params.data,
+                    backend="procedural", count=params.synth.count, seed=params.synth.seed))
+                normals = [s for s in train if s.label == 0]
+                synth_model = ExDD(params.model, params.data).fit(normals, synthetic)
+                rows.append(row("single-bank, normals only",
+                                evaluate(synth_model.with_predict_settings(single_bank=True),
+                                         test)))
+                rows.append(row("default, synthetic-only M_P", evaluate(synth_model, test)))
+        table[name] = rows
+
+    print(f"\n| data set | rule | {' | '.join(KEYS)} |")
+    print("|---|---|" + "---:|" * len(KEYS))
+    for name, rows in table.items():
+        for r in rows:
+            print(f"| {name} | {r['rule']} | " + " | ".join(f"{r[k]:.4f}" for k in KEYS) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Choose the detector's defaults on training data only: cross-validation inside each train
+split, then the rule that is best across every data set, not on one.
+
+    python bench/select_defaults.py [--data magnetic-tile mvtec3d-tire ...] [--json sel.json]
+
+For each data set (bench/variants.py: the shared sets and their stress variants) the train
+split is cut into ``--folds`` stratified folds. Per fold, M_N is built from the other folds'
+normal images, M_P from the other folds' defect patches, and the held-out fold (its normal
+and defective images, with their masks) is scored by every candidate: single-bank, the
+calibrated and weighted dual rules with max or top-k image pooling, and the defect-bank
+settings (coreset fraction with or without a floor, all patches, dilated masks). Test
+splits are never read.
+
+Selection is minimax regret: a candidate's regret on a data set is how far it trails the
+best candidate there, at image or at pixel level, whichever is worse; the default is the
+candidate whose largest regret over all data sets is smallest. Leave-one-data-set-out
+shows whether that protocol carries over: the pick made without data set D, scored on D.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import binary_dilation
+from sklearn.metrics import roc_auc_score
+
+from exdd.banks import BankBuilder
+from exdd.common import NearestNeighbourIndex
+from exdd.config import ModelConfig, load_params
+from exdd.datasets import Sample, load_samples, read_mask
+from exdd.geometry import resolve_input_size
+from exdd.metrics import pixel_metrics
+from exdd.model import ExDD
+from exdd.scoring import MapUpsampler, dual_evidence, pooled
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import variants  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 0
+RULES = [("single", 0.0), ("calibrated", 0.0), ("weighted", 1.0), ("weighted", 0.5),
+         ("weighted", 0.25)]
+POOLINGS = ("max", "top_k")
+DEFECT_BANKS = {"coreset": 1, "coreset+floor": None, "all": 10 ** 9}  # None: the config's
+DILATIONS = (0, 8)  # pixels at the input size: none, or about one stride-8 cell
+
+
+@dataclass
+class Split:
+    """One data set's train split as features: everything a fold needs, read once."""
+
+    paths: list[Path]
+    feats: np.ndarray   # (n, h, w, D) patch features
+    labels: np.ndarray  # (n,)
+    masks: np.ndarray   # (n, H, W) bool, at the input size
+    size: tuple[int, int]
+
+
+FEATURES: dict[Path, np.ndarray] = {}  # per image: shared by the variants that reuse it
+NORMAL_BANKS: dict[tuple[Path, ...], NearestNeighbourIndex] = {}  # M_N per set of normals
+
+
+def read_split(model: ExDD, samples: list[Sample], threshold: int) -> Split:
+    missing = [s.image for s in samples if s.image not in FEATURES]
+    fresh = (f for batch in model._patches(missing, "features") for f in batch)
+    FEATURES.update(zip(missing, fresh))
+    h, w = model.data.input_size
+    return Split([s.image for s in samples], np.stack([FEATURES[s.image] for s in samples]),
+                 np.array([s.label for s in samples]),
+                 np.stack([read_mask(s.mask, h, w, threshold) for s in samples]), (h, w))
+
+
+def folds_of(labels: np.ndarray, k: int) -> np.ndarray:
+    """Stratified, seeded fold number per image."""
+    rng, folds = np.random.default_rng(SEED), np.empty(len(labels), int)
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        folds[idx] = np.arange(len(idx)) % k
+    return folds
+
+
+def bank(patches: np.ndarray, fraction: float, min_keep: int, cfg: ModelConfig
+         ) -> tuple[NearestNeighbourIndex, float]:
+    builder = BankBuilder(fraction, cfg, min_keep)
+    builder.add(patches)
+    vectors, tau = builder.finish()
+    return NearestNeighbourIndex.from_config(cfg).fit(vectors), tau
+
+
+def defect_cells(masks: np.ndarray, grid: tuple[int, int], dilation: int) -> np.ndarray:
+    """Grid cells under each (dilated) mask, as the model selects them for M_P."""
+    if dilation:
+        masks = np.stack([binary_dilation(m, iterations=dilation) for m in masks])
+    cover = F.adaptive_max_pool2d(torch.from_numpy(masks.astype(np.float32))[:, None], grid)
+    return cover[:, 0].numpy() > 0
+
+
+def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, cfg: ModelConfig
+               ) -> dict[str, tuple[float, float]]:
+    """(image AUROC, pixel AUROC) of every candidate on one held-out fold."""
+    n, gh, gw, dim = split.feats.shape
+    query = np.ascontiguousarray(split.feats[val].reshape(-1, dim), np.float32)
+    normals = fit & (split.labels == 0)
+    key = tuple(split.paths[i] for i in np.flatnonzero(normals))
+    if key not in NORMAL_BANKS:
+        NORMAL_BANKS[key] = bank(split.feats[normals].reshape(-1, dim), cfg.coreset_normal, 1,
+                                 cfg)[0]
+    d_n = NORMAL_BANKS[key].search(query, 1)[0][:, 0]
+    up = MapUpsampler((gh, gw), split.size, cfg.smoothing_sigma)
+    labels, masks = split.labels[val], split.masks[val]
+    out: dict[str, tuple[float, float]] = {}
+
+    def record(name: str, evidence: np.ndarray, poolings: tuple[str, ...]) -> None:
+        maps = np.concatenate([up(e) for e in np.array_split(
+            evidence.reshape(-1, gh, gw), max(1, len(labels) // 32))])
+        pixel = pixel_metrics(maps, masks)["pixel_auroc"]
+        for pooling in poolings:
+            scores = pooled(maps, cfg.model_copy(update={"image_score": pooling}))
+            out[f"{name} {pooling}"] = (float(roc_auc_score(labels, scores)), pixel)
+
+    record("single", d_n, POOLINGS)
+    fit_defects = fit & (split.labels == 1)
+    for dilation, (sizing, min_keep) in product(DILATIONS, DEFECT_BANKS.items()):
+        cells = defect_cells(split.masks[fit_defects], (gh, gw), dilation)
+        patches = split.feats[fit_defects][cells]
+        index, tau = bank(patches, cfg.coreset_defect,
+                          cfg.coreset_defect_min if min_keep is None else min_keep, cfg)
+        d_p = index.search(query, 1)[0][:, 0]
+        for scoring, weight in RULES[1:]:
+            rule = cfg.model_copy(update={"scoring": scoring, "defect_weight": weight})
+            name = f"{scoring}{'' if scoring == 'calibrated' else f'({weight:g})'}"
+            record(f"{name} bank={sizing} dil={dilation}", dual_evidence(d_n, d_p, tau, rule),
+                   POOLINGS)
+    return out
+
+
+def minimax(table: dict[str, dict[str, tuple[float, float]]], names: list[str]
+            ) -> tuple[str, dict[str, float]]:
+    """The candidate whose worst regret over ``names`` is smallest, and its regrets."""
+    best = {d: (max(v[0] for v in table[d].values()), max(v[1] for v in table[d].values()))
+            for d in table}
+    regret = {c: {d: max(best[d][0] - table[d][c][0], best[d][1] - table[d][c][1])
+                  for d in table} for c in table[names[0]]}
+    pick = min(regret, key=lambda c: (max(regret[c][d] for d in names), c))
+    return pick, regret[pick]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", nargs="+", default=list(variants.ALL))
+    ap.add_argument("--config", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "exdd-variants")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    params = load_params(args.config)
+    cfg = params.model
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in args.data:
+        start = time.perf_counter()
+        train = load_samples(variants.build(name, args.cache), "train")
+        model = ExDD(cfg, params.data)
+        backbone = model.embedder.backbone
+        model.data = resolve_input_size(params.data, [s.image for s in train], backbone.stride,
+                                        backbone.min_size, backbone.name)
+        split = read_split(model, train, params.data.mask_threshold)
+        folds = folds_of(split.labels, args.folds)
+        per_fold = [score_fold(split, folds != k, folds == k, cfg)
+                    for k in range(args.folds)]
+        table[name] = {c: tuple(np.mean([f[c] for f in per_fold], axis=0).tolist())
+                       for c in per_fold[0]}
+        top = sorted(table[name].items(), key=lambda kv: -sum(kv[1]))[:5]
+        print(f"{name}: {len(train)} train images, input {split.size[0]}x{split.size[1]}, "
+              f"{time.perf_counter() - start:.0f}s; best: "
+              + "; ".join(f"{c} {v[0]:.4f}/{v[1]:.4f}" for c, v in top), flush=True)
+
+    names = list(table)
+    pick, regrets = minimax(table, names)
+    print(f"\nminimax-regret pick over {len(names)} data sets: {pick}")
+    print("| data set | pick: image / pixel AUROC (CV in train) | regret | best image | best pixel |")
+    print("|---|---|---:|---:|---:|")
+    for d in names:
+        v = table[d][pick]
+        print(f"| {d} | {v[0]:.4f} / {v[1]:.4f} | {regrets[d]:.4f} | "
+              f"{max(x[0] for x in table[d].values()):.4f} | "
+              f"{max(x[1] for x in table[d].values()):.4f} |")
+    print("\nleave-one-data-set-out (pick made without D, its regret on D):")
+    for d in names:
+        others = [o for o in names if o != d] or names
+        held_pick, held = minimax(table, others)
+        print(f"  without {d}: {held_pick}; regret on {d} {held[d]:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps({"table": table, "pick": pick}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
