@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS := synth,mlops,dashboard,airflow,test
 
-.PHONY: venv nightly test dashboard bench
+.PHONY: venv nightly test dashboard bench bench-venv
 
 venv: $(VENV)/.installed
 
@@ -13,6 +13,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip wheel setuptools
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+# Separate venv for peer benchmarks (bench/peer_*.py): anomalib and its pins never enter
+# exdd's own environment; exdd goes in without its dependencies.
+BENCH_VENV ?= .bench-venv
+
+bench-venv: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q -U pip wheel setuptools
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements-peers.txt
+	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 nightly: venv
