@@ -161,10 +161,11 @@ class ModelConfig(Section):
     stream_chunk_patches: int = Field(
         1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
     )
-    mask_dilation: int = Field(0, ge=0, description="dilate defect masks by this many pixels")
+    mask_dilation: int = Field(8, ge=0, description="dilate defect masks by this many pixels "
+                                                   "(at the input size) before taking M_P cells")
     single_bank: bool = False
     scoring: Literal["reference", "calibrated", "weighted"] = Field(
-        "calibrated", description="dual rule (exdd.scoring); reference = the paper's")
+        "weighted", description="dual rule (exdd.scoring); reference = the paper's")
     defect_weight: float = Field(
         1.0, ge=0.0, le=4.0, description="weighted rule: d_N x (d_N / (d_N + d_P)) ** this; "
                                          "0 = the normal bank alone")

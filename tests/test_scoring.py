@@ -57,7 +57,8 @@ def test_calibrated_scorer_on_a_batch_matches_its_definition() -> None:
     defect = (rng.normal(size=(60, 16)) + 3).astype(np.float32)
     patches = rng.normal(size=(3, 6, 5, 16)).astype(np.float32)
     patches[1, 2:4, 1:3] += 3  # a defect-like region in image 1
-    rule = ModelConfig(smoothing_sigma=2.0, top_k_fraction=0.01, nn_use_gpu=False)
+    rule = ModelConfig(scoring="calibrated", smoothing_sigma=2.0, top_k_fraction=0.01,
+                       nn_use_gpu=False)
     tau_p = 1.5
     scorer = Scorer(
         Bank(normal, NearestNeighbourIndex(use_gpu=False).fit(normal), 1.0),
