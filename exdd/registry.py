@@ -2,8 +2,8 @@
 
 One registered model per line (``<prefix>-<line>``), one MLflow run per gated candidate
 (params, metrics, ROC/PR plots, a heatmap-overlay grid, the gate decision and the model as
-a pyfunc), one model version per distinct model hash. Versions are marked with aliases
-only, never stages: ``champion`` is the model in service, ``rejected`` the latest candidate
+a self-contained pyfunc, see exdd.pyfunc), one model version per distinct model hash.
+Versions are marked with aliases only, never stages: ``champion`` is the model in service, ``rejected`` the latest candidate
 the gate turned down. Any tracking URI works; a relative sqlite path lives in the line
 workspace.
 """
@@ -23,18 +23,19 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from exdd import __version__
 from exdd.config import Params, PublishConfig
 from exdd.errors import ExddError
-from exdd.model import ExDD
 from exdd.modelio import CHECKSUMS, CONTENT_FILES, META
+from exdd.pyfunc import (
+    MODEL_DIR_ARTIFACT, MODEL_DIR_PATH, SIGNATURE, THRESHOLD_KEY, ExddModel, code_path, input_example,
+    requirements,
+)
 from exdd.visualize import overlay_grid, plot_roc_pr
 from exdd.workspace import scrub
 
 CHAMPION = "champion"
 REJECTED = "rejected"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
-MODEL_DIR_ARTIFACT = "model_dir"  # key of the model directory among the pyfunc's artifacts
 # Version tags every consumer (gate, publish, ``exdd models``, dashboard) relies on.
 TAG_HASH = "model_hash"
 TAG_BENCHMARK = "benchmark_hash"
@@ -81,24 +82,6 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
         else:
             out[f"{prefix}.{key}"] = json.dumps(value) if isinstance(value, list) else str(value)
     return out
-
-
-class ExddModel(mlflow.pyfunc.PythonModel):
-    """An ExDD model directory as an MLflow pyfunc (pickled by reference: exdd must be
-    installed where it is loaded).
-
-    ``predict`` takes image paths (a list, or a one-column DataFrame, which MLflow turns
-    into a list) and returns ``{"scores": (N,), "maps": (N, H, W)}``.
-    """
-
-    def load_context(self, context: Any) -> None:
-        self.model = ExDD.load(context.artifacts[MODEL_DIR_ARTIFACT])
-
-    # The input hint lets MLflow check inputs; the output (dict of arrays) has no schema.
-    def predict(self, context: Any, model_input: list[str],  # noqa: ANN201
-                params: dict[str, Any] | None = None):
-        pred = self.model.predict([Path(p) for p in model_input])
-        return {"scores": pred.scores, "maps": pred.maps}
 
 
 class Registry:
@@ -171,7 +154,9 @@ class Registry:
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_ARTIFACT, python_model=ExddModel(),
                     artifacts={MODEL_DIR_ARTIFACT: str(bundle)},
-                    pip_requirements=[f"exdd=={__version__}"],
+                    code_paths=[code_path()], pip_requirements=requirements(),
+                    signature=SIGNATURE, input_example=input_example(overlays[0][0]),
+                    model_config={THRESHOLD_KEY: float(metrics[THRESHOLD_KEY])},
                 )
         return run.info.run_id, info.model_uri
 
@@ -270,7 +255,7 @@ class Registry:
             # source would be resolved through mlflow's process-global store instead.
             root = self.client.get_model_version_download_uri(self.name, str(version.version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{root}/{MODEL_DIR_ARTIFACT}", dst_path=str(dest))
+                artifact_uri=f"{root}/{MODEL_DIR_PATH}", dst_path=str(dest))
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"downloading version {version.version}", err) from err
         return Path(local)
