@@ -11,6 +11,8 @@ bytes; base64 in MLflow's JSON), its output one row per image: ``score``, ``flag
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
 from importlib.metadata import requires, version
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 IMAGE_COLUMN = "image"
+MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
 MODEL_DIR_ARTIFACT = "model_dir"  # key of the model directory among the pyfunc's artifacts
 MODEL_DIR_PATH = f"artifacts/{MODEL_DIR_ARTIFACT}"  # where MLflow puts it in the logged model
 THRESHOLD_KEY = "threshold"  # in the model config: the flag threshold of the version
@@ -54,6 +57,25 @@ class ExddModel(mlflow.pyfunc.PythonModel):
                              THRESHOLD_KEY: np.full(len(scores), self.threshold)})
 
 
+def log_pyfunc(model_dir: Path, threshold: float, example_rgb: np.ndarray) -> str:
+    """Log ``model_dir`` (its content files only, no annotations) as the pyfunc of the
+    active MLflow run; returns its model URI. ``example_rgb``: one image for the input
+    example."""
+    from exdd.modelio import CHECKSUMS, CONTENT_FILES
+
+    with tempfile.TemporaryDirectory(prefix="exdd-pyfunc-") as tmp:
+        bundle = Path(tmp) / MODEL_DIR_ARTIFACT
+        bundle.mkdir()
+        for name in (*CONTENT_FILES, CHECKSUMS):
+            shutil.copy2(Path(model_dir) / name, bundle / name)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=ExddModel(),
+            artifacts={MODEL_DIR_ARTIFACT: str(bundle)}, code_paths=[_code_path()],
+            pip_requirements=requirements(), signature=SIGNATURE,
+            input_example=_input_example(example_rgb), model_config={THRESHOLD_KEY: threshold})
+    return info.model_uri
+
+
 def requirements() -> list[str]:
     """exdd's runtime requirements and the pyfunc's, pinned to the installed versions."""
     from packaging.requirements import Requirement
@@ -62,14 +84,14 @@ def requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in (*names, *PYFUNC_PACKAGES)]
 
 
-def code_path() -> str:
+def _code_path() -> str:
     """The exdd package folder, logged with the model."""
     import exdd
 
     return str(Path(exdd.__file__).parent)
 
 
-def input_example(image_rgb: np.ndarray) -> pd.DataFrame:
+def _input_example(image_rgb: np.ndarray) -> pd.DataFrame:
     """One benchmark image (RGB floats in [0, 1]) as the PNG bytes the model takes."""
     buf = io.BytesIO()
     Image.fromarray(np.round(np.clip(image_rgb, 0, 1) * 255).astype(np.uint8)).save(buf, "PNG")

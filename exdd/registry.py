@@ -11,31 +11,25 @@ workspace.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
-import mlflow.pyfunc
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from exdd.config import Params, PublishConfig
 from exdd.errors import ExddError
-from exdd.modelio import CHECKSUMS, CONTENT_FILES, META
-from exdd.pyfunc import (
-    MODEL_DIR_ARTIFACT, MODEL_DIR_PATH, SIGNATURE, THRESHOLD_KEY, ExddModel, code_path, input_example,
-    requirements,
-)
+from exdd.modelio import META
+from exdd.pyfunc import MODEL_DIR_PATH, THRESHOLD_KEY, log_pyfunc
 from exdd.visualize import overlay_grid, plot_roc_pr
 from exdd.workspace import scrub
 
 CHAMPION = "champion"
 REJECTED = "rejected"
-MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
 # Version tags every consumer (gate, publish, ``exdd models``, dashboard) relies on.
 TAG_HASH = "model_hash"
 TAG_BENCHMARK = "benchmark_hash"
@@ -126,10 +120,6 @@ class Registry:
         line = self.params.publish.line
         with tempfile.TemporaryDirectory(prefix="exdd-mlflow-") as tmp:
             work = Path(tmp)
-            bundle = work / MODEL_DIR_ARTIFACT  # the model's own files, no annotations
-            bundle.mkdir()
-            for name in (*CONTENT_FILES, CHECKSUMS):
-                shutil.copy2(model_dir / name, bundle / name)
             plot_roc_pr(metrics, work / "roc_pr.png")
             overlay_grid(*overlays, work / "overlays.png")
             run_name = f"{line}-{decision['model_hash'][:12]}"
@@ -151,14 +141,8 @@ class Registry:
                     f"exdd.{TAG_GATE}": str(decision["passed"]).lower(),
                     "exdd.gate_reasons": "; ".join(decision["reasons"]),
                 })
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_ARTIFACT, python_model=ExddModel(),
-                    artifacts={MODEL_DIR_ARTIFACT: str(bundle)},
-                    code_paths=[code_path()], pip_requirements=requirements(),
-                    signature=SIGNATURE, input_example=input_example(overlays[0][0]),
-                    model_config={THRESHOLD_KEY: float(metrics[THRESHOLD_KEY])},
-                )
-        return run.info.run_id, info.model_uri
+                model_uri = log_pyfunc(model_dir, float(metrics[THRESHOLD_KEY]), overlays[0][0])
+        return run.info.run_id, model_uri
 
     # ------------------------------------------------------------------ versions
     def version_of(self, model_hash: str) -> Any | None:

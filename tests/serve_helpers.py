@@ -39,16 +39,17 @@ def write_lines_file(root: Path, workspace: Path, serve: dict[str, Any]) -> Path
 class ServeProcess:
     """``python -m exdd serve`` in its own process; its log goes to ``log``."""
 
-    def __init__(self, lines_file: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, lines_file: Path, log: Path, env: dict[str, str] | None = None,
+                 line: str = "demo") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exdd", "serve", "--line", "demo", "--params", str(lines_file),
+            [sys.executable, "-m", "exdd", "serve", "--line", line, "--params", str(lines_file),
              "--port", str(self.port)],
             stdout=self._out, stderr=subprocess.STDOUT, cwd="/",
-            env={**os.environ, **(env or {})})
+            env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
         self.client = httpx.Client(base_url=self.url, timeout=120.0)
 
     def wait(self, path: str = "/health", status: int = 200,

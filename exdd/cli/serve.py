@@ -13,10 +13,15 @@ import os
 
 from exdd.errors import ConfigError
 
-PROGRESS_ENV = "TQDM_DISABLE"  # predict's progress bar: noise in a service log
+# Progress bars (predict's, MLflow's downloads) are noise in a service log; tqdm reads its
+# switch when it is imported, so these are set before anything imports it.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_ENV = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def _serve(args: argparse.Namespace) -> int:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     import logging
 
     import uvicorn
@@ -33,8 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
         token = os.environ.get(cfg.token_env, "")
         if not token:
             raise ConfigError(f"serve.auth is 'token' but ${cfg.token_env} is not set")
-    os.environ.setdefault(PROGRESS_ENV, "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     app = create_app(Registry(line_params, workspace), cfg, token)
     uvicorn.run(app, host=args.host or cfg.host, port=args.port or cfg.port,
                 log_level="info", access_log=False)
