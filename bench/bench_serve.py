@@ -8,8 +8,9 @@ evaluate`` the flag threshold is the real one). The bench registers it as the ch
 a throw-away line (sqlite MLflow store in a temp folder), starts ``exdd serve`` for that
 line in its own process, and in the same run:
 
-- in-process: ``ExDD.predict([path])`` per test image (latency of one image) and one
-  ``predict`` over all of them (throughput);
+- in-process: ``ExDD.predict([path])`` per test image (latency of one image), the same
+  from the file's bytes as the service scores them (check, temporary file, predict), and
+  one ``predict`` over all of them (throughput);
 - over HTTP: each image's file bytes as a raw ``POST /v1/score``, from 1, 4 and 16
   concurrent clients (one keep-alive connection each): latency p50/p95/p99, images/s, and
   the server's CPU time per second of wall time (2.0 = both cores busy).
@@ -31,12 +32,13 @@ import mlflow
 import numpy as np
 import yaml
 
-from exdd.config import Params
+from exdd.config import Params, ServeConfig
 from exdd.datasets import load_samples, read_image
 from exdd.model import ExDD
 from exdd.modelio import model_hash
 from exdd.pyfunc import log_pyfunc
 from exdd.registry import CHAMPION, Registry
+from exdd.serving.images import check_image, score_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_helpers import ServeProcess  # noqa: E402 - the tests' server process runner
@@ -44,6 +46,7 @@ from serve_helpers import ServeProcess  # noqa: E402 - the tests' server process
 CONCURRENCY = (1, 4, 16)
 LINE = "bench"
 WARMUP_REQUESTS = 4
+READY_TIMEOUT_S = 900.0  # torch import, download and warm-up take minutes on a loaded machine
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -90,6 +93,18 @@ def in_process(model: ExDD, paths: list[Path]) -> dict[str, float]:
     return {**percentiles(ms), "batch_images_per_s": len(paths) / (time.perf_counter() - start)}
 
 
+def in_process_bytes(model: ExDD, blobs: list[bytes]) -> dict[str, float]:
+    """What the service does per request without HTTP: check the bytes, score them."""
+    cfg = ServeConfig()
+    ms = []
+    for data in blobs:
+        start = time.perf_counter()
+        check_image(data, "bench", cfg.formats, cfg.max_pixels)
+        score_bytes(model, [data])
+        ms.append((time.perf_counter() - start) * 1e3)
+    return percentiles(ms)
+
+
 def over_http(server: ServeProcess, blobs: list[bytes], clients: int) -> dict[str, float]:
     """Every image once, spread over ``clients`` threads with a connection each."""
     ms: list[float] = []
@@ -127,13 +142,14 @@ def main() -> None:
     model = ExDD.load(ARGS.model)
     print(f"{len(paths)} magnetic-tile test images, model input "
           f"{model.data.image_height}x{model.data.image_width}, batch {model.model.batch_size}")
-    figures: dict[str, dict[str, float]] = {"in_process": in_process(model, paths)}
+    figures: dict[str, dict[str, float]] = {"in_process": in_process(model, paths),
+                                            "in_process_bytes": in_process_bytes(model, blobs)}
     del model
     with tempfile.TemporaryDirectory(prefix="exdd-bench-serve-") as tmp:
         lines = champion_line(Path(tmp), Path(ARGS.model), threshold, paths[0])
         server = ServeProcess(lines, Path(tmp) / "serve.log", line=LINE)
         try:
-            server.wait("/ready")
+            server.wait("/ready", timeout=READY_TIMEOUT_S)
             for data in blobs[:WARMUP_REQUESTS]:
                 server.client.post("/v1/score", content=data)
             for clients in CONCURRENCY:
@@ -155,7 +171,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="magnetic-tile split.csv (test split used)")
     ap.add_argument("--model", required=True, help="model directory (exdd fit)")
-    ap.add_argument("--images", type=int, default=128, help="test images used")
+    ap.add_argument("--images", type=int, default=64, help="test images used")
     ap.add_argument("--json", help="write the figures here")
     ARGS = ap.parse_args()
     main()

@@ -3,9 +3,9 @@
 One registered model per line (``<prefix>-<line>``), one MLflow run per gated candidate
 (params, metrics, ROC/PR plots, a heatmap-overlay grid, the gate decision and the model as
 a self-contained pyfunc, see exdd.pyfunc), one model version per distinct model hash.
-Versions are marked with aliases only, never stages: ``champion`` is the model in service, ``rejected`` the latest candidate
-the gate turned down. Any tracking URI works; a relative sqlite path lives in the line
-workspace.
+Versions are marked with aliases only, never stages: ``champion`` is the model in service,
+``rejected`` the latest candidate the gate turned down. Any tracking URI works; a relative
+sqlite path lives in the line workspace.
 """
 
 from __future__ import annotations
