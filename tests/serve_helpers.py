@@ -19,7 +19,7 @@ from PIL import Image
 
 from exdd.cli import main as exdd_main
 
-READY_TIMEOUT_S = 180.0  # model download, backbone load and warm-up on a busy 2-core machine
+READY_TIMEOUT_S = 600.0  # torch import, model download and warm-up on a busy 2-core machine
 
 
 def free_port() -> int:
