@@ -3,7 +3,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS := synth,mlops,dashboard,airflow,test
+EXTRAS := synth,mlops,dashboard,airflow,serve,test
 
 .PHONY: venv nightly test dashboard bench bench-venv
 

@@ -312,6 +312,30 @@ class ReviewConfig(Section):
     port: int = Field(8501, ge=1, le=65535, description="served on 127.0.0.1 only")
 
 
+class ServeConfig(Section):
+    """Online scoring (``exdd serve``): where it listens, what it accepts, how it follows
+    the registry.
+
+    Read from the params file that lists the lines (a deployment setting, like the review
+    dashboard's port); the line's registry comes from its workspace params. The bearer token
+    never appears here, only the name of the environment variable that holds it.
+    """
+
+    host: str = Field("127.0.0.1", min_length=1, description="bind address; loopback unless told")
+    port: int = Field(8000, ge=1, le=65535)
+    poll_interval_s: float = Field(10.0, gt=0.0, description="how often the champion alias is read")
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest request body")
+    max_images: int = Field(32, ge=1, description="images in one batch request")
+    max_pixels: int = Field(40_000_000, ge=1024, description="largest decoded image, width x height")
+    formats: list[Literal["PNG", "JPEG", "BMP"]] = Field(["PNG", "JPEG", "BMP"], min_length=1)
+    auth: Literal["none", "token"] = "none"
+    token_env: str = Field("EXDD_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="name of the env var holding the bearer token")
+    latency_buckets_s: list[float] = Field(
+        [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0], min_length=1,
+        description="bounds of the /metrics latency histogram")
+
+
 class LineConfig(Section):
     """One production line served by its own nightly DAG (``dags/exdd_nightly.py``).
 
@@ -363,6 +387,7 @@ class Params(Section):
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
     review: ReviewConfig = ReviewConfig()
+    serve: ServeConfig = ServeConfig()
     lines: list[LineConfig] = []
 
     @model_validator(mode="after")

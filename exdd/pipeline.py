@@ -117,10 +117,17 @@ def params_path(params_file: str | os.PathLike[str] | None = None) -> Path:
 
 def open_run(params_file: str | os.PathLike[str] | None, line: str, run_id: str) -> LineRun:
     """The run ``run_id`` of ``line``; the line's settings come from its workspace."""
-    from exdd.review import line_config
-
     if not RUN_ID_RE.fullmatch(run_id):
         raise ConfigError(f"run id {run_id!r}: only letters, digits and _.~:+- are allowed")
+    cfg, workspace, params = line_settings(params_file, line)
+    return LineRun(cfg, run_id, workspace, params)
+
+
+def line_settings(params_file: str | os.PathLike[str] | None, line: str
+                  ) -> tuple[LineConfig, Path, Params]:
+    """The line's entry in the params file, its workspace and the workspace's own params."""
+    from exdd.review import line_config
+
     source = params_path(params_file)
     cfg = line_config(load_params(source), line)
     workspace = cfg.workspace_path(source.parent)
@@ -130,7 +137,7 @@ def open_run(params_file: str | os.PathLike[str] | None, line: str, run_id: str)
                           f"create it with `exdd workspace init {workspace}`")
     params = load_params(own)
     params.publish.line = cfg.name
-    return LineRun(cfg, run_id, workspace, params)
+    return cfg, workspace, params
 
 
 def now() -> str:

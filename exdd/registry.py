@@ -2,39 +2,34 @@
 
 One registered model per line (``<prefix>-<line>``), one MLflow run per gated candidate
 (params, metrics, ROC/PR plots, a heatmap-overlay grid, the gate decision and the model as
-a pyfunc), one model version per distinct model hash. Versions are marked with aliases
-only, never stages: ``champion`` is the model in service, ``rejected`` the latest candidate
-the gate turned down. Any tracking URI works; a relative sqlite path lives in the line
-workspace.
+a self-contained pyfunc, see exdd.pyfunc), one model version per distinct model hash.
+Versions are marked with aliases only, never stages: ``champion`` is the model in service,
+``rejected`` the latest candidate the gate turned down. Any tracking URI works; a relative
+sqlite path lives in the line workspace.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
-import mlflow.pyfunc
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from exdd import __version__
 from exdd.config import Params, PublishConfig
 from exdd.errors import ExddError
-from exdd.model import ExDD
-from exdd.modelio import CHECKSUMS, CONTENT_FILES, META
+from exdd.modelio import META
+from exdd.pyfunc import MODEL_DIR_PATH, THRESHOLD_KEY, log_pyfunc
 from exdd.visualize import overlay_grid, plot_roc_pr
 from exdd.workspace import scrub
 
 CHAMPION = "champion"
 REJECTED = "rejected"
-MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
-MODEL_DIR_ARTIFACT = "model_dir"  # key of the model directory among the pyfunc's artifacts
 # Version tags every consumer (gate, publish, ``exdd models``, dashboard) relies on.
 TAG_HASH = "model_hash"
 TAG_BENCHMARK = "benchmark_hash"
@@ -83,24 +78,6 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-class ExddModel(mlflow.pyfunc.PythonModel):
-    """An ExDD model directory as an MLflow pyfunc (pickled by reference: exdd must be
-    installed where it is loaded).
-
-    ``predict`` takes image paths (a list, or a one-column DataFrame, which MLflow turns
-    into a list) and returns ``{"scores": (N,), "maps": (N, H, W)}``.
-    """
-
-    def load_context(self, context: Any) -> None:
-        self.model = ExDD.load(context.artifacts[MODEL_DIR_ARTIFACT])
-
-    # The input hint lets MLflow check inputs; the output (dict of arrays) has no schema.
-    def predict(self, context: Any, model_input: list[str],  # noqa: ANN201
-                params: dict[str, Any] | None = None):
-        pred = self.model.predict([Path(p) for p in model_input])
-        return {"scores": pred.scores, "maps": pred.maps}
-
-
 class Registry:
     """The MLflow tracking server and model registry of one line."""
 
@@ -143,10 +120,6 @@ class Registry:
         line = self.params.publish.line
         with tempfile.TemporaryDirectory(prefix="exdd-mlflow-") as tmp:
             work = Path(tmp)
-            bundle = work / MODEL_DIR_ARTIFACT  # the model's own files, no annotations
-            bundle.mkdir()
-            for name in (*CONTENT_FILES, CHECKSUMS):
-                shutil.copy2(model_dir / name, bundle / name)
             plot_roc_pr(metrics, work / "roc_pr.png")
             overlay_grid(*overlays, work / "overlays.png")
             run_name = f"{line}-{decision['model_hash'][:12]}"
@@ -168,12 +141,8 @@ class Registry:
                     f"exdd.{TAG_GATE}": str(decision["passed"]).lower(),
                     "exdd.gate_reasons": "; ".join(decision["reasons"]),
                 })
-                info = mlflow.pyfunc.log_model(
-                    name=MODEL_ARTIFACT, python_model=ExddModel(),
-                    artifacts={MODEL_DIR_ARTIFACT: str(bundle)},
-                    pip_requirements=[f"exdd=={__version__}"],
-                )
-        return run.info.run_id, info.model_uri
+                model_uri = log_pyfunc(model_dir, float(metrics[THRESHOLD_KEY]), overlays[0][0])
+        return run.info.run_id, model_uri
 
     # ------------------------------------------------------------------ versions
     def version_of(self, model_hash: str) -> Any | None:
@@ -270,7 +239,7 @@ class Registry:
             # source would be resolved through mlflow's process-global store instead.
             root = self.client.get_model_version_download_uri(self.name, str(version.version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{root}/{MODEL_DIR_ARTIFACT}", dst_path=str(dest))
+                artifact_uri=f"{root}/{MODEL_DIR_PATH}", dst_path=str(dest))
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"downloading version {version.version}", err) from err
         return Path(local)

@@ -189,16 +189,19 @@ def test_registry_down_leaves_the_champion_and_names_no_credentials(
 
 
 def test_champion_loads_as_pyfunc_in_a_fresh_process(line) -> None:
+    """The registered pyfunc takes image bytes (never a server path) and gives the probe
+    scores the version was published with."""
     repo, params, _ = line
     probe = json.loads((repo / params.publish.champion_dir / PROBE_FILE).read_text())
     images = [str(repo / item["path"]) for item in probe["images"]]
     code = (
-        "import sys, mlflow, numpy as np\n"
+        "import sys, mlflow, numpy as np, pandas as pd\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "m = mlflow.pyfunc.load_model('models:/exdd-demo@champion')\n"
-        "out = m.predict(sys.argv[2:])\n"
-        "assert out['maps'].shape == (len(sys.argv) - 2, 64, 64), out['maps'].shape\n"
-        "sys.stdout.write(np.asarray(out['scores'], '<f8').tobytes().hex())\n"
+        "blobs = [open(p, 'rb').read() for p in sys.argv[2:]]\n"
+        "out = m.predict(pd.DataFrame({'image': blobs}))\n"
+        "assert list(out.columns) == ['score', 'flagged', 'threshold'], out.columns\n"
+        "sys.stdout.write(np.asarray(out['score'], '<f8').tobytes().hex())\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, tracking_uri(params.publish, repo),
                            *images], capture_output=True, text=True, cwd="/", check=False,
