@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "exdd.cli.intake",
     "exdd.cli.mlops",
     "exdd.cli.pipeline",
+    "exdd.cli.line",
 )
 
 
