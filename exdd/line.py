@@ -60,16 +60,38 @@ def _platform_text(params_file: Path) -> str:
 
 
 def _with_line(text: str, entry: dict[str, Any], source: str) -> str:
-    """``text`` with ``entry`` appended to its ``lines:`` list (the rest kept as written)."""
+    """``text`` with ``entry`` appended to its ``lines:`` list, the rest (comments too)
+    kept as written; a list it cannot extend in place is written anew."""
     raw = yaml.safe_load(text) or {}
     lines = list(raw.get(LINES_KEY) or [])
     if any(line.get("name") == entry["name"] for line in lines):
         raise ConfigError(f"{source}: a line named {entry['name']!r} exists already")
-    body = line_params_text(text).rstrip("\n")
-    listed = yaml.safe_dump({LINES_KEY: [*lines, entry]}, sort_keys=False)
-    new = (body + "\n" if body else "") + listed
+    new = _appended(text, entry) if lines else None
+    if new is None or (yaml.safe_load(new) or {}).get(LINES_KEY) != [*lines, entry]:
+        body = line_params_text(text).rstrip("\n")
+        listed = yaml.safe_dump({LINES_KEY: [*lines, entry]}, sort_keys=False)
+        new = (body + "\n" if body else "") + listed
     params_from_dict(yaml.safe_load(new), source)  # refuse anything the platform cannot load
     return new
+
+
+def _appended(text: str, entry: dict[str, Any]) -> str | None:
+    """``entry`` as one more item at the end of the block-style ``lines:`` list."""
+    rows = text.splitlines(keepends=True)
+    start = next((i for i, r in enumerate(rows) if r.split(":", 1)[0] == LINES_KEY), None)
+    if start is None:
+        return None
+    end = next((i for i in range(start + 1, len(rows))
+                if rows[i][:1] not in (" ", "\t", "-", "#", "\n", "\r", "")), len(rows))
+    items = [r for r in rows[start + 1:end] if r.lstrip().startswith("- ")]
+    if not items:
+        return None
+    indent = items[0][: len(items[0]) - len(items[0].lstrip())]
+    item = "".join(indent + r for r in yaml.safe_dump([entry], sort_keys=False).splitlines(True))
+    block = rows[start:end]
+    if block and not block[-1].endswith("\n"):
+        block[-1] += "\n"
+    return "".join(rows[:start] + block + [item] + rows[end:])
 
 
 def write_benchmark(samples: list[Sample], folder: Path, threshold: int) -> int:

@@ -204,3 +204,34 @@ def test_failed_batch_stays_out_of_training_until_released(
     params = load_params(line_params)
     params.publish.line = "press"
     assert Registry(params, ws).alias(CHAMPION) is None  # nothing was trained
+
+
+def test_line_add_keeps_the_platform_file_and_refuses_what_it_cannot_make(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The repository's own params.yaml as the platform file: the demo line and every
+    comment stay; a second line of a name, or a data set without test split, changes nothing."""
+    manifest, _ = varied_manifest(tmp_path / "held-out")
+    params_file = tmp_path / "platform.yaml"
+    shutil.copyfile(Path(__file__).resolve().parents[1] / "params.yaml", params_file)
+    before = params_file.read_text()
+    assert main(["line", "add", "press-2", "--from", str(manifest), "--params",
+                 str(params_file), "--workspace", str(tmp_path / "elsewhere")]) == 0
+    after = params_file.read_text()
+    assert after.startswith(before) and after[len(before):] == (
+        f"  - name: press-2\n    workspace: elsewhere\n")
+    assert [line.name for line in load_params(params_file).lines] == ["demo", "press-2"]
+    assert (tmp_path / "elsewhere/data/benchmark.dvc").is_file()
+
+    capsys.readouterr()
+    assert main(["line", "add", "press-2", "--from", str(manifest), "--params",
+                 str(params_file)]) == 2
+    assert "a line named 'press-2' exists already" in capsys.readouterr().err
+    train_only = tmp_path / "train-only.csv"
+    train_only.write_text("".join(r for r in manifest.read_text().splitlines(True)
+                                  if not r.rstrip().endswith(",test")))
+    shutil.copytree(manifest.parent / "images", tmp_path / "images")
+    shutil.copytree(manifest.parent / "masks", tmp_path / "masks")
+    assert main(["line", "add", "press-3", "--from", str(train_only), "--params",
+                 str(params_file)]) == 2
+    assert "the test split is empty" in capsys.readouterr().err
+    assert params_file.read_text() == after and not (tmp_path / "runs/press-3").exists()
