@@ -37,12 +37,13 @@ def distinct_sizes(n: int, seed: int = 0, base: tuple[int, int] = (64, 64),
     return sizes
 
 
-def varied_manifest(root: Path, seed: int = 0) -> tuple[Path, list[tuple[int, int]]]:
-    """A manifest data set (train 30, test 16 demo images), every image at its own size;
-    returns the manifest and the sizes."""
+def varied_manifest(root: Path, seed: int = 0, base: tuple[int, int] = (64, 64)
+                    ) -> tuple[Path, list[tuple[int, int]]]:
+    """A manifest data set (train 30, test 16 demo images), every image at its own size
+    around ``base``; returns the manifest and the sizes."""
     demo = make_demo(root / "demo", DEMO, seed)
     samples = load_samples(demo)
-    sizes = distinct_sizes(len(samples), seed)
+    sizes = distinct_sizes(len(samples), seed, base)
     rows = []
     for i, (s, size) in enumerate(zip(samples, sizes)):
         image = Path("images") / f"{s.split}_{i:03d}.png"

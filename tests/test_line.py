@@ -25,7 +25,7 @@ from exdd.datasets import load_samples
 from exdd.gate import benchmark_samples
 from exdd.intake.release import RELEASES_NAME, list_quarantine
 from exdd.registry import CHAMPION, Registry
-from exdd.workspace import Workspace
+from exdd.workspace import Workspace, drop_into_inbox
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +49,14 @@ def manifest_rows(workspace: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_manifest_of_45_sizes_becomes_a_line_nightly_then_dag(
+def test_manifest_of_45_sizes_becomes_a_line_nightly_then_a_new_camera_in_the_dag(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     manifest, sizes = varied_manifest(tmp_path / "held-out")
     assert len(set(sizes)) >= 45
     params_file = platform_params(tmp_path / "params.yaml", OPEN_GATE)
     assert main(["line", "add", "varied", "--from", str(manifest), "--params",
-                 str(params_file), "--batches", "2"]) == 0
-    assert "exdd line feed varied" in capsys.readouterr().out
+                 str(params_file)]) == 0
+    assert "exdd nightly --line varied" in capsys.readouterr().out
 
     listed = load_params(params_file).lines
     assert [(line.name, line.workspace) for line in listed] == [("varied", "runs/varied")]
@@ -66,40 +66,43 @@ def test_manifest_of_45_sizes_becomes_a_line_nightly_then_dag(
     bench, bench_hash = benchmark_samples(ws / "data/benchmark")
     assert len(bench) == len(samples) - len(train)
     assert sorted(s.label for s in bench) == sorted(s.label for s in samples if s.split == "test")
-    assert len(inbox_images(ws / "data/inbox")) == len(train[0::2])
-    assert len(inbox_images(ws / "data/staged/002")) == len(train[1::2])
+    assert len(inbox_images(ws / "data/inbox")) == len(train)
     assert uncommitted(ws) == []
 
-    # night 1, without Airflow: every train image of the batch gets through intake
+    # night 1, without Airflow: every train image gets through intake, a champion is made
     assert main(["nightly", "--line", "varied", "--params", str(params_file),
                  "--run-id", "night-1"]) == 0
     first = outcome(ws, "night-1")
     assert first["status"] == "published" and first["new_champion"] is True
-    assert first["n_accepted"] == first["n_total"] == len(train[0::2])
+    assert first["n_accepted"] == first["n_total"] == len(train)
     assert first["n_quarantined"] == 0 and first["drift"] == []
     assert uncommitted(ws) == []
     metrics = json.loads((ws / "models/champion/metrics.json").read_text())
     assert metrics["benchmark_hash"] == bench_hash
 
-    # night 2: the staged batch, through the new line's DAG
-    assert main(["line", "feed", "varied", "--params", str(params_file)]) == 0
-    assert len(inbox_images(ws / "data/inbox")) == len(train[1::2])
-    assert not (ws / "data/staged/002").exists()
+    # night 2, through the new line's DAG: a new camera at twice the resolution
+    night2, _ = varied_manifest(tmp_path / "new-camera", seed=1, base=(128, 128))
+    drop_into_inbox(load_samples(night2, "train"), ws / "data/inbox", load_params(
+        ws / "params.yaml").intake)
     env = airflow_env(tmp_path / "airflow", params_file)
     line = Line("varied", tmp_path, ws, params_file)
     setup_airflow(env, line)
     airflow(env, "dags", "test", line.dag_id, NIGHT)
     run_ids = [p.stem for p in (ws / "reports/outcomes").glob("*.json") if p.stem != "night-1"]
     (second,) = [outcome(ws, r) for r in run_ids]
-    assert second["n_accepted"] == second["n_total"] == len(train[1::2])
+    assert second["n_accepted"] == second["n_total"] == len(load_samples(night2, "train"))
+    (event,) = second["drift"]
+    assert event["kind"] == "size" and event["change"] > 0.5
     assert second["status"] == "published" and second["champion_version"] == 2
-    assert len(manifest_rows(ws)) == len(train)
+    assert len(manifest_rows(ws)) == 2 * len(train)
     assert uncommitted(ws) == []
     capsys.readouterr()
     assert main(["outcomes", "--line", "varied", "--params", str(params_file), "--last", "2",
                  "--json"]) == 0
     printed = [json.loads(row) for row in capsys.readouterr().out.splitlines()]
     assert [o["run_id"] for o in printed] == ["night-1", second["run_id"]]
+    assert main(["outcomes", "--line", "varied", "--params", str(params_file)]) == 0
+    assert "drift: image size drift" in capsys.readouterr().out
 
 
 def test_ksdd2_download_becomes_a_line_gated_with_the_paper_thresholds(
@@ -215,12 +218,31 @@ def test_line_add_keeps_the_platform_file_and_refuses_what_it_cannot_make(
     shutil.copyfile(Path(__file__).resolve().parents[1] / "params.yaml", params_file)
     before = params_file.read_text()
     assert main(["line", "add", "press-2", "--from", str(manifest), "--params",
-                 str(params_file), "--workspace", str(tmp_path / "elsewhere")]) == 0
+                 str(params_file), "--workspace", str(tmp_path / "elsewhere"),
+                 "--batches", "3"]) == 0
     after = params_file.read_text()
     assert after.startswith(before) and after[len(before):] == (
-        f"  - name: press-2\n    workspace: elsewhere\n")
+        "  - name: press-2\n    workspace: elsewhere\n")
     assert [line.name for line in load_params(params_file).lines] == ["demo", "press-2"]
-    assert (tmp_path / "elsewhere/data/benchmark.dvc").is_file()
+    ws = tmp_path / "elsewhere"
+    assert (ws / "data/benchmark.dvc").is_file() and uncommitted(ws) == []
+
+    # three nightly batches: the first in the inbox, the others staged until fed
+    train = load_samples(manifest, "train")
+    inbox = ws / "data/inbox"
+    assert len(inbox_images(inbox)) == len(train[0::3])
+    assert sorted(p.name for p in (ws / "data/staged").iterdir()) == ["002", "003"]
+    assert main(["line", "feed", "press-2", "--params", str(params_file)]) == 0
+    # not validated yet: the inbox now holds both batches, one sidecar listing both
+    fed = inbox_images(inbox)
+    assert len(fed) == len(set(fed)) == len(train[0::3]) + len(train[1::3])
+    assert all((inbox / name).is_file() for name in fed)
+    assert main(["line", "feed", "press-2", "--params", str(params_file)]) == 0
+    assert len(inbox_images(inbox)) == len(train)
+    capsys.readouterr()
+    assert main(["line", "feed", "press-2", "--params", str(params_file)]) == 2
+    assert "no staged batch left" in capsys.readouterr().err
+    assert uncommitted(ws) == []
 
     capsys.readouterr()
     assert main(["line", "add", "press-2", "--from", str(manifest), "--params",
