@@ -186,10 +186,11 @@ def validate(run: LineRun) -> dict[str, Any]:
         inbox = run.line.inbox if is_s3_uri(run.line.inbox) else str(run.path(run.line.inbox))
         result = validate_inbox(inbox, run.dataset, run.intake_report, run.params.intake,
                                 run.params.data)
-    record_stages(run, "validate")
-    if not result.passed:  # no candidate tonight: the held batch is tonight's lineage
-        commit_lock(run, f"nightly {run.line.name} {run.run_id}: intake of batch "
-                         f"{result.batch} failed, held in quarantine")
+    if result.n_total:  # an empty inbox changed nothing: nothing to record or commit
+        record_stages(run, "validate")
+        if not result.passed:  # no candidate tonight: the held batch is the lineage
+            commit_lock(run, f"nightly {run.line.name} {run.run_id}: intake of batch "
+                             f"{result.batch} failed, held in quarantine")
     return {"batch": result.batch, "n_total": result.n_total, "n_accepted": result.n_accepted,
             "n_quarantined": result.n_quarantined, "n_held": result.n_held,
             "failed_fraction": result.failed_fraction, "passed": result.passed,
