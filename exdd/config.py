@@ -217,6 +217,15 @@ class IntakeConfig(Section):
 
     Image size, modes and the mean-intensity range are derived from the dataset's accepted
     images unless set here; the fixed bounds below always apply on top.
+
+    ``size_policy`` says which image sizes the line accepts. The detector resizes every
+    image to its input size, so the default (``aspect``) only refuses what it cannot use
+    well: images whose shorter side is below ``min_side`` and an aspect ratio (width /
+    height) beyond ``aspect_factor`` times the line's, either way. ``tolerance`` also bounds
+    width and height (relative ``size_tolerance`` around the line's median), ``exact``
+    wants the line's usual size, ``any`` only ``min_side``. Whatever the policy, a batch
+    whose median width or height differs from the data set's by more than
+    ``drift_tolerance`` (a camera change) is reported as a size drift event.
     """
 
     labels: list[str] = ["normal", "defect"]
@@ -225,8 +234,19 @@ class IntakeConfig(Section):
     default_split: Literal["train", "test"] = "train"
     labels_file: str = Field("labels.csv", description="inbox sidecar: image,label,mask,...")
     allowed_modes: list[str] = ["L", "RGB"]
-    expected_width: int | None = Field(None, ge=1, description="None: the dataset's usual width")
+    size_policy: Literal["exact", "tolerance", "aspect", "any"] = "aspect"
+    expected_width: int | None = Field(
+        None, ge=1, description="exact/tolerance reference; None: the dataset's usual width")
     expected_height: int | None = Field(None, ge=1)
+    size_tolerance: float = Field(0.1, ge=0.0, lt=1.0,
+                                  description="tolerance policy: relative width/height deviation")
+    aspect_factor: float = Field(4.0, ge=1.0,
+                                 description="aspect policy: aspect within line's / and x this")
+    aspect_range: FloatRange | None = Field(
+        None, description="aspect policy: fixed (low, high) width/height; None: derived")
+    min_side: int = Field(16, ge=1, description="every policy: a shorter side below is tiny")
+    drift_tolerance: float = Field(
+        0.25, gt=0.0, description="batch median width/height change that is a size drift")
     derive_from_dataset: bool = True
     profile_max_images: int = Field(200, ge=1, description="accepted images read to derive bounds")
     intensity_margin: float = Field(30.0, ge=0.0, description="widens the dataset's mean range")

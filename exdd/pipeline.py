@@ -28,8 +28,9 @@ folders from the ``review`` section of its params:
   n_accepted, n_quarantined, metrics, gate: {passed, reasons}, champion_version,
   new_champion, scores_dir}`` plus ``status`` (published | gate_failed | intake_failed |
   no_new_data),
-  ``batch``, ``model_hash``, ``published_tag``, ``n_scored``, ``n_flagged`` and
-  ``mlflow_run_id``. ``metrics`` are the candidate's benchmark figures (empty when nothing
+  ``batch``, ``model_hash``, ``published_tag``, ``n_scored``, ``n_flagged``, ``n_held``
+  (files held with a failed batch), ``drift`` (intake drift events, e.g. a size change)
+  and ``mlflow_run_id``. ``metrics`` are the candidate's benchmark figures (empty when nothing
   was trained), ``gate.passed`` is null when the gate did not run, ``scores_dir`` is
   workspace-relative or null. The same outcome is logged to MLflow as a run tagged
   ``exdd.kind=nightly`` in the line's experiment.
@@ -158,17 +159,23 @@ def record_stages(run: LineRun, *stages: str) -> None:
     Workspace(run.workspace).dvc("commit", "-q", "-f", *stages)
 
 
-def commit_lineage(run: LineRun, model_hash: str) -> None:
-    """Commit dvc.lock: tonight's data set, synthetic defects and banks, gated or not."""
+def commit_lock(run: LineRun, message: str, ignores: tuple[str, ...] = ()) -> None:
+    """Commit dvc.lock (with the data set's and the given ``.gitignore`` files DVC keeps
+    beside its outputs) when it changed: a night leaves nothing uncommitted."""
     from exdd.workspace import Workspace
 
     ws = Workspace(run.workspace)
     lock = ws.path("dvc.lock")
     if ws.show("HEAD", "dvc.lock") == lock.read_text():
         return  # a repeated step: already committed
-    ignores = {str(Path(p).parent / ".gitignore") for p in (run.line.dataset, SYNTHETIC_DIR)}
-    ws.commit(f"nightly {run.line.name} {run.run_id}: candidate {model_hash[:12]}",
-              ["dvc.lock", *sorted(ignores), f"{CANDIDATE_DIR}/.gitignore"])
+    paths = {str(Path(run.line.dataset).parent / ".gitignore"), *ignores}
+    ws.commit(message, ["dvc.lock", *sorted(paths)])
+
+
+def commit_lineage(run: LineRun, model_hash: str) -> None:
+    """Commit dvc.lock: tonight's data set, synthetic defects and banks, gated or not."""
+    commit_lock(run, f"nightly {run.line.name} {run.run_id}: candidate {model_hash[:12]}",
+                (str(Path(SYNTHETIC_DIR).parent / ".gitignore"), f"{CANDIDATE_DIR}/.gitignore"))
 
 
 # --------------------------------------------------------------------------- steps
@@ -186,10 +193,15 @@ def validate(run: LineRun) -> dict[str, Any]:
         inbox = run.line.inbox if is_s3_uri(run.line.inbox) else str(run.path(run.line.inbox))
         result = validate_inbox(inbox, run.dataset, run.intake_report, run.params.intake,
                                 run.params.data)
-    record_stages(run, "validate")
+    if result.n_total:  # an empty inbox changed nothing: nothing to record or commit
+        record_stages(run, "validate")
+        if not result.passed:  # no candidate tonight: the held batch is the lineage
+            commit_lock(run, f"nightly {run.line.name} {run.run_id}: intake of batch "
+                             f"{result.batch} failed, held in quarantine")
     return {"batch": result.batch, "n_total": result.n_total, "n_accepted": result.n_accepted,
-            "n_quarantined": result.n_quarantined, "failed_fraction": result.failed_fraction,
-            "passed": result.passed,
+            "n_quarantined": result.n_quarantined, "n_held": result.n_held,
+            "failed_fraction": result.failed_fraction, "passed": result.passed,
+            "drift": result.drift,
             "report": str(result.report_path) if result.report_path else None}
 
 
@@ -197,8 +209,9 @@ def intake_problem(intake: dict[str, Any]) -> str:
     """Why a night's intake does not allow training."""
     if intake["n_total"] == 0:
         return "the inbox held no new files"
-    return (f"intake of batch {intake['batch']} failed ({intake['n_quarantined']} of "
-            f"{intake['n_total']} file(s) quarantined)")
+    failed = intake["n_quarantined"] - intake.get("n_held", 0)
+    return (f"intake of batch {intake['batch']} failed ({failed} of {intake['n_total']} "
+            f"file(s) failed; the batch is held in quarantine until released)")
 
 
 def require_intake(intake: dict[str, Any]) -> None:
@@ -375,6 +388,7 @@ def report(run: LineRun, started: str, intake: dict[str, Any], evaluated: dict |
         "run_id": run.run_id, "line": run.line.name, "started": started, "finished": now(),
         "status": status, "batch": intake["batch"], "n_total": intake["n_total"],
         "n_accepted": intake["n_accepted"], "n_quarantined": intake["n_quarantined"],
+        "n_held": intake.get("n_held", 0), "drift": intake.get("drift", []),
         "metrics": (evaluated or {}).get("metrics", {}), "gate": gate_info,
         "model_hash": (evaluated or {}).get("model_hash"),
         "champion_version": current_champion(run)[0],
@@ -409,6 +423,7 @@ def log_outcome(run: LineRun, outcome: dict[str, Any]) -> str:
     figures = {"n_total": outcome["n_total"], "n_accepted": outcome["n_accepted"],
                "n_quarantined": outcome["n_quarantined"], "n_scored": outcome["n_scored"],
                "n_flagged": outcome["n_flagged"], "new_champion": int(outcome["new_champion"]),
+               "n_held": outcome["n_held"], "n_drift_events": len(outcome["drift"]),
                **{f"candidate_{k}": v for k, v in outcome["metrics"].items()}}
     if outcome["gate"]["passed"] is not None:
         figures["gate_passed"] = int(outcome["gate"]["passed"])
@@ -444,7 +459,10 @@ def summary(outcome: dict[str, Any]) -> list[str]:
                         if k in metrics)
     lines = [f"line {outcome['line']} run {outcome['run_id']}: {outcome['status']}",
              f"  intake: {outcome['n_total']} file(s), {outcome['n_accepted']} accepted, "
-             f"{outcome['n_quarantined']} quarantined"]
+             f"{outcome['n_quarantined']} quarantined"
+             + (f" ({outcome['n_held']} held with the failed batch)" if outcome.get("n_held")
+                else "")]
+    lines += [f"  drift: {event['message']}" for event in outcome.get("drift", [])]
     if figures:
         lines.append(f"  candidate {str(outcome.get('model_hash'))[:12]}: {figures}")
     lines += [f"  gate: {reason}" for reason in outcome["gate"]["reasons"]]

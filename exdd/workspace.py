@@ -40,11 +40,14 @@ GITIGNORE = """\
 /mlartifacts/
 /audit/
 /data/inbox/
+/data/staged/
 /models/candidate/metrics.json
 /models/candidate/gate.json
 /reviews/verdicts.db
 /reviews/export.lock
 /reviews/masks/
+/reports/
+/reviews/scores/
 """
 
 
@@ -234,18 +237,24 @@ def line_params_text(text: str) -> str:
 
 def drop_into_inbox(samples: Sequence[Sample], inbox: Path, cfg: IntakeConfig) -> Path:
     """Copy labelled samples into an inbox as a line delivers them: images, the masks of
-    defects, and the labels sidecar (image, label, mask, split)."""
+    defects, and the labels sidecar (image, label, mask, split). Files keep their names;
+    a name already taken (samples from several folders) gets a numbered prefix."""
     inbox.mkdir(parents=True, exist_ok=True)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(["image", "label", "mask", "split"])
+    taken = {cfg.labels_file}
+
+    def copy(src: Path) -> str:
+        name = src.name if src.name not in taken else f"{len(taken):05d}_{src.name}"
+        taken.add(name)
+        shutil.copyfile(src, inbox / name)
+        return name
+
     for s in samples:
-        shutil.copyfile(s.image, inbox / s.image.name)
-        mask = ""
-        if s.label and s.mask is not None:
-            mask = s.mask.name
-            shutil.copyfile(s.mask, inbox / mask)
-        writer.writerow([s.image.name, cfg.defect_label if s.label else cfg.default_label,
+        image = copy(s.image)
+        mask = copy(s.mask) if s.label and s.mask is not None else ""
+        writer.writerow([image, cfg.defect_label if s.label else cfg.default_label,
                          mask, s.split])
     write_text_atomic(inbox / cfg.labels_file, rows.getvalue())
     return inbox

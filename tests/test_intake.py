@@ -80,7 +80,7 @@ def make_inbox(inbox: Path, ds: Path) -> dict[str, set[str]]:
     (inbox / "text.png").write_text("not an image\n")
     expect.update({k: {"decodable"} for k in ("truncated.png", "truncated.jpg", "zero.png",
                                               "text.png")})
-    save(inbox / "wrong_size.png", texture(5, h=H + 8, w=W + 16))
+    save(inbox / "wrong_size.png", texture(5, h=H // 4, w=W // 4))  # tiny: below min_side
     expect["wrong_size.png"] = {"width", "height"}
     save(inbox / "wrong_mode.png", np.dstack([texture(6)] * 3 + [np.full((H, W), 255, np.uint8)]))
     expect["wrong_mode.png"] = {"mode"}
@@ -201,7 +201,10 @@ def test_local_inbox_every_file_filed_once_with_reasons(tmp_path: Path) -> None:
     assert {by_key[n] for n, s in samples.items() if s.split == "test"} == {"test_split.png"}
 
     report = json.loads((tmp_path / "report" / "intake.json").read_text())
-    assert report["bounds"]["width"] == W and report["bounds"]["origin"]["size"] == "dataset"
+    size = report["bounds"]["size"]  # default policy: tiny images and far aspects only
+    assert size["policy"] == "aspect" and size["origin"] == "dataset"
+    assert size["aspect"] == pytest.approx([W / H / 4, W / H * 4])
+    assert size["width"] == [16, None] and report["drift"] == []
     assert report["bounds"]["mean_min"] > 60.0  # derived from the data set, not params' 10
     assert report["labels_without_file"] == ["not_in_inbox.png"]
     assert report["great_expectations"]["success"] is False
@@ -228,9 +231,12 @@ def test_cli_fails_a_broken_batch_and_sidecar_errors_change_nothing(
     (inbox / "labels.csv").unlink()
     assert main(argv + ["--report", str(tmp_path / "rep")]) == 1  # 2 of 3 failed > 0.5
     out = capsys.readouterr().out
-    assert "3 image(s), 1 accepted, 2 quarantined" in out and "FAILED" in out
+    assert "3 image(s), 0 accepted, 3 quarantined (1 held with the failed batch)" in out
+    assert "FAILED" in out
     assert files_in(inbox) == {}
-    assert len(load_samples(ds / "manifest.csv")) == 1
+    assert not (ds / "manifest.csv").exists()  # the good file is held: nothing to train on
+    held = json.loads(next((ds / "quarantine").glob("*/reasons/a.png.json")).read_text())
+    assert [f["expectation"] for f in held["failed"]] == ["exdd_batch_passes"]
     assert (tmp_path / "rep" / "intake.json").is_file()
 
 

@@ -26,17 +26,19 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def ksdd2_zip(top: str = "", drop_mask: str | None = None, stray: bool = True) -> bytes:
-    """A tiny KSDD2-shaped archive: 2 train + 2 test pairs, one defect per split."""
+def ksdd2_zip(top: str = "", drop_mask: str | None = None, stray: bool = True,
+              pairs: int = 2, shape: tuple[int, int] = (30, 12)) -> bytes:
+    """A tiny KSDD2-shaped archive: ``pairs`` train + test pairs (height x width ``shape``)
+    per split, every odd one a defect."""
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for split, first in (("train", 10000), ("test", 20000)):
-            for k in range(2):
+            for k in range(pairs):
                 stem = f"{split}/{first + k}"
-                mask = np.zeros((30, 12), np.uint8)
-                mask[5:12, 3:8] = 255 * k
-                zf.writestr(f"{top}{stem}.png", _png((rng.random((30, 12)) * 255).astype(np.uint8)))
+                mask = np.zeros(shape, np.uint8)
+                mask[5:12, 3:8] = 255 * (k % 2)
+                zf.writestr(f"{top}{stem}.png", _png((rng.random(shape) * 255).astype(np.uint8)))
                 if stem != drop_mask:
                     zf.writestr(f"{top}{stem}_GT.png", _png(mask))
         if stray:  # the real archive ships such a duplicate pair

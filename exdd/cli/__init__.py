@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "exdd.cli.mlops",
     "exdd.cli.pipeline",
     "exdd.cli.serve",
+    "exdd.cli.line",
 )
 
 

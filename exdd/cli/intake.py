@@ -1,14 +1,20 @@
-"""``exdd validate``: line-data intake with great-expectations (see ``exdd.intake``).
+"""``exdd validate`` and ``exdd quarantine list|release``: line-data intake (``exdd.intake``).
 
-Exit 0 when the batch passed, 1 when too many files failed (the pipeline must stop before
-training), 2 on bad input (an ``ExddError``).
+``validate`` exits 0 when the batch passed, 1 when it failed (the pipeline must stop before
+training; the batch is held in quarantine), 2 on bad input (an ``ExddError``).
+``quarantine`` works on a line's data set (``--line``, ``--params``): ``list`` shows what
+is held and why, ``release`` re-validates held files through the same suite
+(``exdd.intake.release``) and commits the data set's new state in the line's workspace.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import datetime, timezone
 from pathlib import Path
+
+from exdd.cli.pipeline import line_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_validate)
 
+    q = sub.add_parser("quarantine", help="a line's quarantined files: list, or release "
+                                          "(re-validated) after their cause is fixed")
+    verbs = q.add_subparsers(dest="quarantine_command", required=True)
+    show = verbs.add_parser("list", help="held files, their batch and the checks they broke")
+    line_arguments(show)
+    show.add_argument("--batch", help="only this batch")
+    show.add_argument("--json", action="store_true", help="one JSON object per file")
+    show.set_defaults(func=_list)
+    rel = verbs.add_parser("release", help="re-validate held files through the intake suite; "
+                                           "those that pass join the data set")
+    line_arguments(rel)
+    rel.add_argument("--batch", help="the quarantined batch (all its images)")
+    rel.add_argument("--file", help="one image (its inbox name), with its mask")
+    rel.add_argument("--reason", required=True, help="why (recorded with the release)")
+    rel.add_argument("--who", help="who releases (default: $EXDD_USER or the login name)")
+    rel.set_defaults(func=_release)
+
 
 def run_validate(args: argparse.Namespace) -> int:
     from exdd.config import load_params
@@ -41,14 +64,54 @@ def run_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
+        held = f" ({result.n_held} held with the failed batch)" if result.n_held else ""
         print(f"batch {result.batch}: {result.n_total} image(s), {result.n_accepted} accepted, "
-              f"{result.n_quarantined} quarantined, {result.n_relabelled} label update(s) "
+              f"{result.n_quarantined} quarantined{held}, {result.n_relabelled} label update(s) "
               f"({result.failed_fraction:.0%} failed, "
               f"limit {params.intake.max_failed_fraction:.0%})")
         print(f"report: {result.report_path}")
         for check in result.batch_failures:
             print(f"batch check failed: {check}")
+        for event in result.drift:
+            print(f"drift: {event['message']}")
         for key in result.kept_in_inbox:
             print(f"kept in inbox (changed during the run): {key}")
         print("PASSED" if result.passed else "FAILED: the batch must not be used for training")
+    return 0 if result.passed else 1
+
+
+def _list(args: argparse.Namespace) -> int:
+    from exdd.intake.release import list_quarantine
+    from exdd.pipeline import open_run
+
+    run = open_run(args.params, args.line, "quarantine")
+    held = list_quarantine(run.dataset, args.batch)
+    for h in held:
+        if args.json:
+            print(json.dumps({"batch": h.batch, "file": h.key, "path": h.path,
+                              "with_image": h.image, "checks": h.checks}, sort_keys=True))
+        else:
+            what = f"mask of {h.image}" if h.image else "; ".join(h.checks)
+            print(f"{h.batch}  {h.key}  {what}")
+    if not args.json:
+        print(f"{len(held)} file(s) held in {run.dataset / 'quarantine'}")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from exdd.intake.release import release
+    from exdd.pipeline import commit_lock, open_run, record_stages
+    from exdd.publish import current_user
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    run = open_run(args.params, args.line, f"release__{stamp}")
+    who = args.who or current_user()
+    result, record = release(run.dataset, run.params.intake, run.params.data, args.reason,
+                             who, args.batch, args.file, run.intake_report)
+    record_stages(run, "validate")
+    commit_lock(run, f"quarantine release {run.run_id} by {who}: {len(result.accepted)} "
+                     f"accepted, {len(result.quarantined)} held again ({args.reason})")
+    print(f"released {len(record['files'])} file(s) by {who}: {result.n_accepted} accepted, "
+          f"{result.n_quarantined} quarantined again (batch {result.batch}); "
+          f"report: {result.report_path}")
     return 0 if result.passed else 1

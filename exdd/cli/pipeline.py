@@ -5,7 +5,7 @@ in one process; ``score-batch`` scores images with the line's champion into the 
 folder; ``outcomes`` prints the latest runs' outcomes; ``lines`` lists the configured lines
 (workspace, Airflow pool, schedule: for set-up scripts); ``drop-demo`` delivers a night of
 generated demo images to a line's inbox, as a line would. The line comes from the ``lines:``
-list of the params file (``--config``, else $EXDD_PARAMS, else ./params.yaml).
+list of the platform params file (``--params``, else $EXDD_PARAMS, else ./params.yaml).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _run_id(args: argparse.Namespace) -> str:
 def _nightly(args: argparse.Namespace) -> int:
     from exdd.pipeline import open_run, run_nightly, summary
 
-    run = open_run(args.config, args.line, _run_id(args))
+    run = open_run(args.params, args.line, _run_id(args))
     outcome = run_nightly(run)
     print("\n".join(summary(outcome)))
     print(f"outcome: {run.outcome_file}")
@@ -39,7 +39,7 @@ def _score_batch(args: argparse.Namespace) -> int:
     from exdd.cli.detector import collect_images
     from exdd.pipeline import open_run, score_images
 
-    run = open_run(args.config, args.line, _run_id(args))
+    run = open_run(args.params, args.line, _run_id(args))
     scored = score_images(run, collect_images(args.inputs))
     if scored["scores_dir"] is None:
         print(f"nothing scored: {scored['reason']}")
@@ -54,7 +54,7 @@ def _outcomes(args: argparse.Namespace) -> int:
     from exdd.pipeline import params_path, summary
     from exdd.review import line_config, list_outcomes
 
-    source = params_path(args.config)
+    source = params_path(args.params)
     line = line_config(load_params(source), args.line)
     workspace = line.workspace_path(source.parent)
     outcomes = list_outcomes(workspace, load_params(workspace / "params.yaml").review)
@@ -70,7 +70,7 @@ def _lines(args: argparse.Namespace) -> int:
     from exdd.config import load_params
     from exdd.pipeline import params_path
 
-    source = params_path(args.config)
+    source = params_path(args.params)
     lines = [line for line in load_params(source).lines if args.line in (None, line.name)]
     if not lines:
         raise ConfigError(f"{source}: no line {args.line!r}" if args.line else
@@ -92,7 +92,7 @@ def _drop_demo(args: argparse.Namespace) -> int:
     from exdd.storage import is_s3_uri
     from exdd.workspace import drop_into_inbox
 
-    run = open_run(args.config, args.line, "drop-demo")
+    run = open_run(args.params, args.line, "drop-demo")
     if is_s3_uri(run.line.inbox):
         raise ConfigError(f"line {args.line}: inbox {run.line.inbox} is on S3; drop-demo "
                           "writes local inbox folders only")
@@ -103,42 +103,49 @@ def _drop_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--line", required=True, help="line name (params `lines:`)")
-    parser.add_argument("--config", type=Path,
+def params_argument(parser: argparse.ArgumentParser) -> None:
+    """``--params FILE``: the platform params file, the one listing the lines."""
+    parser.add_argument("--params", "--config", dest="params", type=Path,
                         help="params file listing the lines (default: $EXDD_PARAMS, else "
                              "./params.yaml)")
+
+
+def line_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--line NAME`` and ``--params FILE``."""
+    parser.add_argument("--line", required=True, help="line name (params `lines:`)")
+    params_argument(parser)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add nightly, score-batch and outcomes."""
     nightly = sub.add_parser("nightly", help="run a line's nightly pipeline without Airflow")
-    _common(nightly)
+    line_arguments(nightly)
     nightly.add_argument("--run-id", help="run id (default: cli__<UTC time>); the same id "
                                           "repeats that run without duplicating anything")
     nightly.set_defaults(func=_nightly)
 
     batch = sub.add_parser("score-batch", help="score images with the line's champion into "
                                                 "the review folder")
-    _common(batch)
+    line_arguments(batch)
     batch.add_argument("--run-id", help="review folder name (default: batch__<UTC time>)")
     batch.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     batch.set_defaults(func=_score_batch)
 
     outcomes = sub.add_parser("outcomes", help="the latest nightly run outcomes of a line")
-    _common(outcomes)
+    line_arguments(outcomes)
     outcomes.add_argument("--last", type=int, default=1, help="how many runs (newest last)")
-    outcomes.add_argument("--json", action="store_true", help="one JSON object per line")
+    outcomes.add_argument("--json", action="store_true",
+                          help="print the outcomes as JSON, one object per line")
     outcomes.set_defaults(func=_outcomes)
 
     lines = sub.add_parser("lines", help="the configured production lines (one per row)")
     lines.add_argument("--line", help="only this line")
     lines.add_argument("--field", choices=LINE_FIELDS, help="print only this field")
-    lines.add_argument("--config", type=Path, help="params file listing the lines")
+    params_argument(lines)
     lines.set_defaults(func=_lines)
 
     drop = sub.add_parser("drop-demo", help="generate a night of demo images into a line's "
                                              "inbox (with their labels sidecar)")
-    _common(drop)
+    line_arguments(drop)
     drop.add_argument("--seed", type=int, required=True, help="demo seed (a new night: a new seed)")
     drop.set_defaults(func=_drop_demo)

@@ -1,8 +1,8 @@
 """The great-expectations (1.x) suite over the metadata table, and its per-file verdicts.
 
 Bounds come from ``IntakeConfig`` and, where that makes sense, from the accepted data set
-(its usual image size, its colour modes, its mean-intensity range widened by a margin),
-so a line's own normal look is the reference. Every expectation runs with ``COMPLETE``
+(its image sizes under the size policy of ``exdd.intake.sizes``, its colour modes, its
+mean-intensity range widened by a margin), so a line's own normal look is the reference. Every expectation runs with ``COMPLETE``
 results keyed by the ``path`` column, which maps each unexpected value back to its file.
 
 Label updates (``kind`` relabel: the bytes of an image already accepted) are checked for
@@ -17,7 +17,6 @@ library is also imported by DAG files that must parse quickly.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import pandas as pd
 from exdd.config import IntakeConfig
 from exdd.datasets import IMAGE_SUFFIXES, SPLITS
 from exdd.intake.manifest import DatasetProfile
+from exdd.intake.sizes import SizeBounds, size_bounds
 from exdd.intake.table import KIND_NEW
 
 SUITE_NAME = "exdd-intake"
@@ -38,8 +38,7 @@ ID_COLUMN = "path"
 class Bounds:
     """The suite's parameters; ``origin`` says where each derived one came from."""
 
-    width: int | None
-    height: int | None
+    size: SizeBounds
     modes: list[str]
     mean_min: float
     mean_max: float
@@ -63,21 +62,9 @@ class Outcome:
 
 def derive_bounds(cfg: IntakeConfig, prof: DatasetProfile, table: pd.DataFrame) -> Bounds:
     """Params first; else the data set's accepted images; else the batch's usual size."""
-    origin: dict[str, str] = {}
+    size = size_bounds(cfg, prof, table)
+    origin: dict[str, str] = {"size": size.origin}
     derive = cfg.derive_from_dataset and prof.n_profiled > 0
-    usual: tuple[int, int] | None = None
-    if derive:
-        usual, origin["size"] = prof.sizes.most_common(1)[0][0], "dataset"
-    else:
-        decoded = table[table["decodable"] == True]  # noqa: E712 - object column
-        if len(decoded):
-            sizes = Counter(zip(decoded["width"].astype(int), decoded["height"].astype(int)))
-            usual, origin["size"] = sizes.most_common(1)[0][0], "batch majority"
-    width = cfg.expected_width or (usual[0] if usual else None)
-    height = cfg.expected_height or (usual[1] if usual else None)
-    if cfg.expected_width or cfg.expected_height:
-        origin["size"] = "params" + (f" + {origin['size']}" if "size" in origin else "")
-
     modes = sorted(m for m in prof.modes if m in cfg.allowed_modes) if derive else []
     origin["modes"] = "dataset" if modes else "params"
     modes = modes or list(cfg.allowed_modes)
@@ -89,7 +76,7 @@ def derive_bounds(cfg: IntakeConfig, prof: DatasetProfile, table: pd.DataFrame) 
         d_hi = min(hi, prof.mean_max + cfg.intensity_margin)
         if d_lo <= d_hi:
             lo, hi, origin["mean_intensity"] = d_lo, d_hi, "dataset +- margin, within params"
-    return Bounds(width, height, modes, lo, hi, cfg.min_std_intensity, list(cfg.labels),
+    return Bounds(size, modes, lo, hi, cfg.min_std_intensity, list(cfg.labels),
                   cfg.defect_label, cfg.min_rows, cfg.max_rows, origin)
 
 
@@ -139,10 +126,16 @@ def expectations(b: Bounds) -> list[Any]:
         check(gxe.ExpectColumnValuesToBeDateutilParseable, "capture timestamp parses",
               column="timestamp"),
     ]
-    for column, value in (("width", b.width), ("height", b.height)):
-        if value is not None:
-            exps.append(check(gxe.ExpectColumnValuesToBeBetween, f"image {column} is the line's",
-                              column=column, min_value=value, max_value=value, **new))
+    size = b.size
+    for column, (low, high) in (("width", size.width), ("height", size.height)):
+        exps.append(check(gxe.ExpectColumnValuesToBeBetween,
+                          f"image {column} within the size policy ({size.policy})",
+                          column=column, min_value=low, max_value=high, **new))
+    if size.aspect is not None:
+        exps.append(check(gxe.ExpectColumnValuesToBeBetween,
+                          "aspect ratio (width / height) near the line's",
+                          column="aspect", min_value=size.aspect[0], max_value=size.aspect[1],
+                          **new))
     return exps
 
 

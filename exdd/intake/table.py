@@ -31,7 +31,7 @@ KIND_NEW = "new"
 KIND_RELABEL = "relabel"
 TABLE_COLUMNS = (
     "path", "sha256", "kind", "replaces", "size_bytes", "suffix", "decodable", "decode_error",
-    "width", "height", "mode", "channels", "mean_intensity", "std_intensity", "label", "split",
+    "width", "height", "aspect", "mode", "channels", "mean_intensity", "std_intensity", "label", "split",
     "timestamp", "duplicate_in_inbox", "duplicate_in_dataset", "mask", "mask_found",
     "mask_decodable", "mask_size_match", "mask_nonempty",
 )
@@ -159,6 +159,7 @@ def build_table(
             "decode_error": info.error,
             "width": info.width,
             "height": info.height,
+            "aspect": info.width / info.height if info.decodable else None,
             "mode": info.mode,
             "channels": info.channels,
             "mean_intensity": info.mean,

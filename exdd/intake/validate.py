@@ -7,6 +7,11 @@ broke. The labels sidecar is kept as ``DIR/labels/<batch>.csv``. The batch id is
 of the inbox's names and contents, so a re-run of an interrupted batch files everything
 to the same places. See ``exdd.intake.journal`` for the crash-safety protocol.
 
+A batch that fails (more than ``max_failed_fraction`` of its files failed, or a batch-level
+check) is held whole: its good files go to the quarantine too, with the reason
+``exdd_batch_passes``, so nothing of it reaches training until an operator releases it
+(``exdd.intake.release``). A change of the batch's image sizes is reported as drift.
+
 A label update (a sidecar row whose ``replaces`` names a data-set image with the same
 bytes, see ``exdd.intake.table``) that passes changes that image's manifest row (label,
 mask; its old mask stays) and appends to ``DIR/label_history.jsonl``; its inbox image
@@ -49,6 +54,7 @@ from exdd.intake.manifest import (
     profile,
     read_rows,
 )
+from exdd.intake.sizes import size_drift
 from exdd.intake.suite import Bounds, Outcome, derive_bounds, jsonable, run_suite
 from exdd.intake.table import KIND_RELABEL, build_table, read_sidecar
 
@@ -59,6 +65,7 @@ REPORT_JSON = "intake.json"
 DATA_DOCS_DIR = "data_docs"
 NAME_HASH_CHARS = 16
 BATCH_HASH_CHARS = 12
+BATCH_CHECK = "exdd_batch_passes"  # the reason of a file held with its failed batch
 
 
 @dataclass
@@ -79,6 +86,8 @@ class IntakeResult:
     kept_in_inbox: list[str] = field(default_factory=list)  # changed while we ran
     n_relabelled: int = 0  # label updates of accepted images (not in n_accepted)
     relabelled: list[str] = field(default_factory=list)  # their data-set image paths
+    n_held: int = 0  # passed their own checks, quarantined with the failed batch
+    drift: list[dict[str, Any]] = field(default_factory=list)  # e.g. a size change
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "report_path": str(self.report_path) if self.report_path else None}
@@ -178,6 +187,15 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
     table = build_table(files, hashes, labels, prof.hashes, rows_by_image, cfg, threshold)
     bounds = derive_bounds(cfg, prof, table)
     outcome = run_suite(table, bounds, work / REPORT_STAGING / DATA_DOCS_DIR)
+    n_total = len(table)
+    n_failed = n_total if outcome.table_failures else len(outcome.row_failures)
+    fraction = n_failed / n_total if n_total else 0.0
+    passed = not outcome.table_failures and fraction <= cfg.max_failed_fraction
+    # a failed batch is held whole: nothing of it reaches training until released
+    held = [] if passed else [{
+        "expectation": BATCH_CHECK, "column": None,
+        "check": f"the batch passed ({fraction:.0%} of its files failed, at most "
+                 f"{cfg.max_failed_fraction:.0%} allowed); held until released"}]
 
     by_key = {i.key: i for i in items}
     moves: list[Move] = []
@@ -200,7 +218,7 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
     new_rows, accepted, quarantined, relabelled, history = [], [], [], [], []
     for row in table.to_dict("records"):
         key, sha = row["path"], row["sha256"]
-        failed = outcome.row_failures.get(key, []) + outcome.table_failures
+        failed = outcome.row_failures.get(key, []) + outcome.table_failures or held
         mask = row["mask"] if row["mask_found"] else None
         if not failed and row["kind"] == KIND_RELABEL:
             target = row["replaces"]
@@ -255,16 +273,15 @@ def _plan(source: Inbox, dataset: Path, report: Path | None, cfg: IntakeConfig,
     clashes = [d for d, n in Counter(m.dest for m in moves).items() if n > 1]
     if clashes:  # e.g. S3 keys 'a/../b' and 'a/_/b': refuse rather than overwrite one
         raise DataError(f"{source.uri}: two inbox files would both be stored as {clashes[0]}")
-    n_total = len(table)
-    fraction = len(quarantined) / n_total if n_total else 0.0
-    passed = not outcome.table_failures and fraction <= cfg.max_failed_fraction
     report_dir = (Path(report) if report is not None else
                   dataset.parent / f"{dataset.name}-reports" / batch).absolute()
     batch_failures = [f"{f['check']} (observed {f.get('observed')})"
                       for f in outcome.table_failures]
     result = IntakeResult(batch, n_total, len(accepted), len(quarantined), accepted,
                           quarantined, report_dir, passed, fraction, placements, batch_failures,
-                          n_relabelled=len(relabelled), relabelled=relabelled)
+                          n_relabelled=len(relabelled), relabelled=relabelled,
+                          n_held=len(quarantined) - n_failed if held else 0,
+                          drift=size_drift(cfg, prof, table))
     orphans = sorted(set(labels) - set(files))
     _write_report(work, result, source.uri, dataset, bounds, outcome, table, orphans)
     journal = Journal(batch, source.uri, moves, str(report_dir), result.to_json())
@@ -288,6 +305,7 @@ def _write_report(work: Path, result: IntakeResult, inbox: str, dataset: Path, b
         "summary": {k: v for k, v in result.to_json().items() if k != "placements"},
         "inbox": inbox, "dataset": str(dataset), "bounds": asdict(bounds),
         "table_failures": outcome.table_failures,
+        "drift": result.drift,
         "labels_without_file": orphans,
         "files": files,
         "placements": result.placements,
