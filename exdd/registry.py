@@ -35,6 +35,7 @@ CHAMPION = "champion"
 REJECTED = "rejected"
 MODEL_ARTIFACT = "model"  # name of the logged pyfunc model inside a run
 MODEL_DIR_ARTIFACT = "model_dir"  # key of the model directory among the pyfunc's artifacts
+PYFUNC_ARTIFACTS = "artifacts"  # where a logged pyfunc keeps its artifacts, in the model
 # Version tags every consumer (gate, publish, ``exdd models``, dashboard) relies on.
 TAG_HASH = "model_hash"
 TAG_BENCHMARK = "benchmark_hash"
@@ -270,7 +271,8 @@ class Registry:
             # source would be resolved through mlflow's process-global store instead.
             root = self.client.get_model_version_download_uri(self.name, str(version.version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{root}/{MODEL_DIR_ARTIFACT}", dst_path=str(dest))
+                artifact_uri=f"{root}/{PYFUNC_ARTIFACTS}/{MODEL_DIR_ARTIFACT}",
+                dst_path=str(dest))
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"downloading version {version.version}", err) from err
         return Path(local)

@@ -205,19 +205,39 @@ def filter_queue(items: Iterable[ScoredImage], statuses: Mapping[str, str],
             and (until is None or i.scored_at.date() <= until)]
 
 
-def count_flagged(items: Iterable[ScoredImage], threshold: float) -> int:
-    """How many images a decision threshold flags (score >= threshold, as predict does)."""
-    return sum(1 for i in items if i.score >= threshold)
+def judged_threshold(item: ScoredImage, override: float | None = None) -> float | None:
+    """The threshold an image is judged by: ``override`` when the operator set one for
+    every model, else that of the model version that scored it (None: it had none)."""
+    return item.threshold if override is None else override
+
+
+def is_flagged(item: ScoredImage, override: float | None = None) -> bool | None:
+    """score >= threshold, as predict does; None when no threshold is known for the row."""
+    threshold = judged_threshold(item, override)
+    return None if threshold is None else item.score >= threshold
+
+
+def count_flagged(items: Iterable[ScoredImage], override: float | None = None) -> int:
+    """How many images are flagged, each by its own model's threshold unless ``override``."""
+    return sum(1 for i in items if is_flagged(i, override))
 
 
 def default_threshold(items: Sequence[ScoredImage], source: str,
                       champion_threshold: float | None) -> float | None:
-    """The slider's start: the scoring run's threshold or the champion's, whichever the
-    config prefers and exists (the other otherwise)."""
-    run_threshold = next((i.threshold for i in items if i.threshold is not None), None)
+    """The one-for-all slider's start: the latest scoring run's threshold or the
+    champion's, whichever the config prefers and exists (the other otherwise)."""
+    known = [i for i in items if i.threshold is not None]
+    latest = max(known, key=lambda i: (i.scored_at, i.run_id), default=None)
+    run_threshold = latest.threshold if latest is not None else None
     order = (run_threshold, champion_threshold) if source == "scores" else (
         champion_threshold, run_threshold)
     return next((t for t in order if t is not None), None)
+
+
+def model_versions(items: Iterable[ScoredImage]) -> list[str]:
+    """The model versions that scored the queue, in numeric order."""
+    found = {i.model_version for i in items}
+    return sorted(found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
 
 def read_audit(workspace: Path, params: Params) -> list[dict]:

@@ -15,7 +15,9 @@ from PIL import Image
 from review_fixtures import LineFixture, line_copy
 from streamlit.testing.v1 import AppTest
 
+from exdd.batch import write_predictions
 from exdd.config import load_params
+from exdd.model import ExDD
 from exdd.registry import CHAMPION, Registry
 from exdd.review import VerdictStore, inbox_name, line_config
 
@@ -66,16 +68,61 @@ def test_queue_renders_most_suspicious_first(line: LineFixture) -> None:
     assert list(table["image"]) == [r["image"] for r in sorted(
         scores, key=lambda r: -float(r["score"]))]
     threshold = float(scores[0]["threshold"])
-    flagged = sum(float(r["score"]) >= threshold for r in scores)
-    assert at.slider(key="threshold").value == pytest.approx(threshold)
+    flagged = sum(int(r["flag"]) for r in scores)  # what the nightly run flagged
+    assert at.radio(key="threshold_mode").value == "each model's own"
     assert _metric(at, "Flagged (shown)") == f"{flagged} / {len(scores)}"
-    assert _metric(at, "Champion") == "v2"
+    assert _metric(at, "Champion") == "v2" and _metric(at, "Scored by") == "v2"
+    assert set(table["model"]) == {"v2"} and set(table["threshold"]) == {threshold}
     assert len(at.image) == 2  # the image and its heatmap overlay
 
+    at.radio(key="threshold_mode").set_value("one for all models").run()
+    assert at.slider(key="threshold").value == pytest.approx(threshold)
     at.slider(key="threshold").set_value(min(float(r["score"]) for r in scores)).run()
     assert _metric(at, "Flagged (shown)") == f"{len(scores)} / {len(scores)}"
     assert at.button(key="record").disabled  # no operator, no action
     assert any("operator name" in w.value for w in at.warning)
+
+
+def test_queue_of_two_model_versions_judges_each_by_its_own_threshold(
+        line: LineFixture, tmp_path: Path) -> None:
+    """A night scored by v1 and one by v2: the queue flags what the nights flagged, not
+    what the first row's threshold would flag on every model's scores."""
+    params = load_params(line.workspace / "params.yaml")
+    registry = Registry(params, line.workspace)
+    v1 = next(v for v in registry.versions() if int(v.version) == 1)
+    model = ExDD.load(registry.download_model_dir(v1, tmp_path / "v1"))
+    images = sorted(p for p in (line.workspace / params.gate.benchmark / "test").rglob("*.png")
+                    if not p.stem.endswith("_GT"))[:4]
+    v1_scores = model.predict(images).scores
+    with open(next((line.workspace / "reviews" / "scores").glob("*/scores.csv"))) as f:
+        v2_rows = list(csv.DictReader(f))
+    v2_threshold = float(v2_rows[0]["threshold"])
+    # v1's own threshold flags a different number of its images than v2's would.
+    under_v2 = int((v1_scores >= v2_threshold).sum())
+    v1_threshold = float(v1_scores.max()) + 1.0 if under_v2 else float(v1_scores.min())
+    write_predictions(model, images, line.workspace / "reviews" / "scores" / "older-v1",
+                      v1_threshold, 1, relative_to=line.workspace)
+    with open(line.workspace / "reviews" / "scores" / "older-v1" / "scores.csv") as f:
+        v1_rows = list(csv.DictReader(f))
+    (line.workspace / params.review.outcomes_dir / "older-v1.json").write_text(json.dumps(
+        {"run_id": "older-v1", "line": "demo", "finished": "2025-03-01T02:20:00+00:00"}))
+    nightly = sum(int(r["flag"]) for r in v1_rows + v2_rows)
+    total = len(v1_rows) + len(v2_rows)
+
+    at = _app()
+    assert not at.exception, at.exception
+    assert _metric(at, "Flagged (shown)") == f"{nightly} / {total}"
+    assert _metric(at, "Scored by") == "v1, v2"
+    table = at.dataframe[0].value
+    assert sorted(table["model"]) == sorted(["v1"] * len(v1_rows) + ["v2"] * len(v2_rows))
+    by_image = dict(zip(table["image"], table["flagged"]))
+    assert all(by_image[r["image"]] == bool(int(r["flag"])) for r in v1_rows + v2_rows)
+
+    at.radio(key="threshold_mode").set_value("one for all models").run()
+    assert at.slider(key="threshold").value == pytest.approx(v2_threshold)  # the latest run's
+    one_for_all = under_v2 + sum(float(r["score"]) >= v2_threshold for r in v2_rows)
+    assert one_for_all != nightly
+    assert _metric(at, "Flagged (shown)") == f"{one_for_all} / {total}"
 
 
 def test_verdicts_recorded_and_exported_to_the_inbox(line: LineFixture) -> None:

@@ -23,9 +23,11 @@ from exdd.review import (
     export_pending,
     filter_queue,
     heat_from_overlay,
+    is_flagged,
     load_queue,
     mask_from_overlay,
     mask_from_upload,
+    model_versions,
     new_mask_path,
     save_mask,
 )
@@ -97,6 +99,23 @@ def test_queue_orders_by_score_and_keeps_latest_run(tmp_path: Path) -> None:
     assert default_threshold(queue, "scores", 0.3) == 0.6
     assert default_threshold(queue, "champion", 0.3) == 0.3
     assert default_threshold(queue, "champion", None) == 0.6
+
+
+def test_each_row_is_judged_by_the_threshold_of_its_model(tmp_path: Path) -> None:
+    write_run(tmp_path, "night1", "2025-03-01T03:00:00+00:00", [("data/n1/a.png", 0.55)],
+              threshold=0.5, version="1")
+    write_run(tmp_path, "night2", "2025-03-02T03:00:00+00:00", [("data/n2/c.png", 0.58)],
+              threshold=0.6, version="2")
+    queue = load_queue(tmp_path, CFG, "demo")
+    by_image = {i.image: i for i in queue}
+    # What the two nights flagged (their scores.csv flag column): a by v1's 0.5, not c.
+    assert [is_flagged(by_image[k]) for k in ("data/n1/a.png", "data/n2/c.png")] == [True, False]
+    assert count_flagged(queue) == sum(int(i.flag) for i in queue) == 1
+    assert count_flagged(queue, 0.6) == 0 and count_flagged(queue, 0.5) == 2  # one for all
+    assert model_versions(queue) == ["1", "2"]
+    assert default_threshold(queue, "scores", None) == 0.6  # the latest run's
+    unknown = queue[0].__class__(**{**queue[0].__dict__, "threshold": None})
+    assert is_flagged(unknown) is None and count_flagged([unknown]) == 0
 
 
 def test_queue_empty_and_bad_scores(tmp_path: Path) -> None:
