@@ -19,7 +19,7 @@ from PIL import Image
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
 from exdd.pipeline import params_path
-from exdd.registry import CHAMPION, SCALAR_METRICS, SQLITE, Registry, tracking_uri
+from exdd.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
 from exdd.review import AccessDenied, VerdictStore, authorize, line_config, store_url
 
 CONTEXT_KEY = "exdd_context"
@@ -139,8 +139,7 @@ def champion(ctx: LineContext) -> Any | None:
 
     A line whose sqlite registry does not exist yet has published nothing; looking must
     not create one."""
-    uri = tracking_uri(ctx.params.publish, ctx.workspace)
-    if uri.startswith(SQLITE) and not Path(uri[len(SQLITE):]).is_file():
+    if not registry_exists(tracking_uri(ctx.params.publish, ctx.workspace)):
         return None
     return registry(ctx).alias(CHAMPION)
 

@@ -62,6 +62,12 @@ def tracking_uri(cfg: PublishConfig, repo: Path) -> str:
     return uri
 
 
+def registry_exists(uri: str) -> bool:
+    """False for a sqlite registry whose file does not exist yet: looking must not create
+    one (other stores: assumed to exist, their clients report what is wrong)."""
+    return not uri.startswith(SQLITE) or Path(uri[len(SQLITE):]).is_file()
+
+
 def redact(uri: str, text: str | None = None) -> str:
     """``text`` (default: the URI itself) without the URI's user:password part."""
     text = uri if text is None else text
@@ -255,6 +261,27 @@ class Registry:
         except Exception as err:  # noqa: BLE001
             raise self._fail("reading aliases", err) from err
         return {alias: int(version) for alias, version in model.aliases.items()}
+
+    def model_tags(self) -> dict[str, str]:
+        """Tags of the line's registered model ({} before the first registration)."""
+        try:
+            return dict(self.client.get_registered_model(self.name).tags)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise self._fail("reading model tags", err) from err
+        except Exception as err:  # noqa: BLE001
+            raise self._fail("reading model tags", err) from err
+
+    def set_model_tag(self, key: str, value: str | None) -> None:
+        """Set a tag of the line's registered model; ``None`` removes it."""
+        try:
+            if value is None:
+                self.client.delete_registered_model_tag(self.name, key)
+            else:
+                self.client.set_registered_model_tag(self.name, key, value)
+        except Exception as err:  # noqa: BLE001
+            raise self._fail(f"setting model tag {key!r}", err) from err
 
     def versions(self) -> list[Any]:
         """All versions of the line's model, oldest first."""

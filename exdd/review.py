@@ -161,6 +161,8 @@ def read_scores(workspace: Path, cfg: ReviewConfig, line: str, run_id: str) -> l
         rows = list(reader)
     items = []
     for lineno, row in enumerate(rows, start=2):
+        if row.get("error"):
+            continue  # an image the run could not read: nothing to review
         try:
             score = float(row["score"])
             threshold = _optional_float(row.get("threshold"))

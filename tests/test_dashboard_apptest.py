@@ -210,6 +210,20 @@ def test_rollback_needs_confirmation_and_moves_the_alias(line: LineFixture) -> N
              .read_text().splitlines()]
     assert audit[-1]["event"] == "rollback" and audit[-1]["who"] == "bo"
     assert audit[-1]["reason"] == "v2 misses scratches" and audit[-1]["from_version"] == 2
+    assert audit[-1]["pinned"] is True
+
+    # The rollback pinned the line: shown, and lifted only by an operator with a reason.
+    assert any("pinned to v1 by bo" in w.value for w in at.warning)
+    assert at.button(key="unpin").disabled
+    at.text_input(key="unpin_reason").input("v3 fixes the scratches").run()
+    at.button(key="unpin").click().run()
+    assert not at.exception, at.exception
+    assert any("unpinned" in s.value for s in at.success)
+    assert not any("pinned to v1" in w.value for w in at.warning)
+    audit = [json.loads(x) for x in (line.workspace / "audit" / "models.jsonl")
+             .read_text().splitlines()]
+    assert (audit[-1]["event"], audit[-1]["who"], audit[-1]["reason"]) == (
+        "unpin", "bo", "v3 fixes the scratches")
 
 
 def test_empty_state_without_a_published_model(tmp_path_factory: pytest.TempPathFactory,
