@@ -87,7 +87,8 @@ def sidebar() -> LineContext:
         secret = bar.text_input("Access key", type="password",
                                 key="access_key") if cfg.auth == "secret" else None
     try:
-        operator: str | None = authorize(cfg, typed, headers, secret)
+        operator: str | None = authorize(cfg, typed, headers, secret,
+                                         peer=st.context.ip_address)
         bar.caption(f"Acting as **{operator}**")
     except AccessDenied as err:
         operator = None
@@ -95,6 +96,10 @@ def sidebar() -> LineContext:
     except ConfigError as err:
         operator = None
         bar.error(str(err))
+    if operator is None and cfg.auth != "none":
+        # Images, scores and models are the line's own: shown to signed-in operators only.
+        st.info(f"Sign in (sidebar) to see line {name}'s images, scores and models.")
+        st.stop()
     try:
         ctx = LineContext(_line_params(line, workspace), line, workspace, operator)
     except ExddError as err:

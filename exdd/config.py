@@ -7,6 +7,7 @@ rejected so that a typo in params.yaml is an error, not a silently ignored setti
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import date
 from pathlib import Path
@@ -240,10 +241,12 @@ class PublishConfig(Section):
 class ReviewConfig(Section):
     """Operator review dashboard: verdict store, access control and queue defaults.
 
-    Access control (``auth``, ``secret_env``, ``auth_header``) and ``port`` are read from
-    the params file that lists the lines; everything else from each line's workspace
-    params, relative paths taken from that workspace. The shared secret never appears
-    here, only the name of the environment variable that holds it.
+    Access control (``auth``, ``secret_env``, ``auth_header``, ``trusted_proxies``,
+    ``proxy_secret_*``) and ``port`` are read from the params file that lists the lines;
+    everything else from each line's workspace params, relative paths taken from that
+    workspace. Secrets never appear here, only the names of the environment variables that
+    hold them. Header auth trusts the identity header only from ``trusted_proxies`` and/or
+    with the proxy's shared secret: one of the two must be set.
     """
 
     db_url: str | None = Field(
@@ -258,6 +261,13 @@ class ReviewConfig(Section):
                             description="name of the env var holding the shared secret")
     auth_header: str = Field("X-Forwarded-User", min_length=1,
                              description="identity header set by the reverse proxy")
+    trusted_proxies: list[str] = Field(
+        [], description="addresses / networks whose identity header is trusted (header auth)")
+    proxy_secret_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="env var holding a secret the proxy must send (header auth)")
+    proxy_secret_header: str = Field("X-Exdd-Proxy-Secret", min_length=1,
+                                     description="header carrying that secret")
     threshold_source: Literal["scores", "champion"] = Field(
         "scores", description="slider default: the scoring run's threshold or the champion's")
     recent_runs: int = Field(14, ge=1, description="latest scoring runs loaded into the queue")
@@ -265,6 +275,16 @@ class ReviewConfig(Section):
     mask_level: float = Field(0.5, gt=0.0, lt=1.0,
                               description="default heatmap level (0..1 of its colour scale)")
     port: int = Field(8501, ge=1, le=65535, description="served on 127.0.0.1 only")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return v
 
 
 class LineConfig(Section):

@@ -247,16 +247,28 @@ def test_shared_secret_and_proxy_header_gate_every_action(
     monkeypatch.setenv("EXDD_TEST_LINE_KEY", "open-sesame")
     at = _app()
     at.sidebar.text_input(key="operator").input("ana").run()
-    at.radio(key=_form(at, "verdict")).set_value("normal").run()
-    assert at.button(key="record").disabled
     assert any("access key is wrong" in w.value for w in at.sidebar.warning)
+    # Without the key nothing of the line is shown: no scores, images or models.
+    assert not at.dataframe and not at.image and not at.metric
+    assert any("Sign in" in i.value for i in at.info)
+    at.switch_page("views/model.py").run()
+    assert not at.exception, at.exception
+    assert not at.dataframe and not at.image and not at.metric and not at.button
+    at.switch_page("views/queue.py").run()
     at.sidebar.text_input(key="access_key").input("open-sesame").run()
+    assert at.dataframe and _metric(at, "Champion") == "v2"
+    at.radio(key=_form(at, "verdict")).set_value("normal").run()
     assert not at.button(key="record").disabled
     texts = [e.value for e in (*at.markdown, *at.caption, *at.warning, *at.error, *at.info)]
     assert not any("open-sesame" in t for t in texts)  # the key is never echoed
 
-    _set_review(line, auth="header")
-    at = _app()  # AppTest sends no proxy headers: nobody may act
-    at.radio(key=_form(at, "verdict")).set_value("normal").run()
-    assert at.button(key="record").disabled
-    assert any("X-Forwarded-User missing" in w.value for w in at.sidebar.warning)
+    _set_review(line, auth="header")  # no proxy address, no proxy secret: refused outright
+    at = _app()
+    assert any("neither review.trusted_proxies" in e.value for e in at.sidebar.error)
+    assert not at.dataframe and not at.image
+
+    _set_review(line, auth="header", proxy_secret_env="EXDD_TEST_PROXY_KEY")
+    monkeypatch.setenv("EXDD_TEST_PROXY_KEY", "pr0xy")
+    at = _app()  # AppTest sends no proxy headers: nobody may act, or look
+    assert any("X-Exdd-Proxy-Secret is missing or wrong" in w.value for w in at.sidebar.warning)
+    assert not at.dataframe and not at.image and not at.metric
