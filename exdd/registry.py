@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from exdd import __version__
-from exdd.config import Params, PublishConfig
+from exdd.config import Params, PublishConfig, expand_env
 from exdd.errors import ExddError
 from exdd.model import ExDD
 from exdd.modelio import CHECKSUMS, CONTENT_FILES, META
@@ -53,8 +53,9 @@ def model_name(params: Params) -> str:
 
 
 def tracking_uri(cfg: PublishConfig, repo: Path) -> str:
-    """The tracking URI, a relative sqlite path or folder taken from the workspace."""
-    uri = cfg.tracking_uri
+    """The tracking URI, a relative sqlite path or folder taken from the workspace, and
+    ``${ENV_VAR}`` (a password) from the environment."""
+    uri = expand_env(cfg.tracking_uri, "publish.tracking_uri")
     if uri.startswith(SQLITE) and not uri[len(SQLITE):].startswith("/"):
         return SQLITE + str((repo / uri[len(SQLITE):]).resolve())
     if "://" not in uri:

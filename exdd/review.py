@@ -49,7 +49,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.sql import Select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from exdd.config import LineConfig, Params, ReviewConfig
+from exdd.config import LineConfig, Params, ReviewConfig, expand_env
 from exdd.datasets import open_image, read_image
 from exdd.errors import ConfigError, DataError, ExddError
 from exdd.fsutil import write_bytes_atomic
@@ -301,9 +301,10 @@ EXPORTS_TABLE = Table(
 
 
 def store_url(cfg: ReviewConfig, workspace: Path) -> str:
-    """``cfg.db_url`` if set, else the sqlite file ``cfg.db_file`` in the workspace."""
+    """``cfg.db_url`` if set (``${ENV_VAR}`` from the environment), else the sqlite file
+    ``cfg.db_file`` in the workspace."""
     if cfg.db_url:
-        return cfg.db_url
+        return expand_env(cfg.db_url, "review.db_url")
     path = resolve(workspace, cfg.db_file).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"

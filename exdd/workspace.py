@@ -42,9 +42,10 @@ GITIGNORE = """\
 /data/inbox/
 /models/candidate/metrics.json
 /models/candidate/gate.json
-/reviews/verdicts.db
-/reviews/export.lock
-/reviews/masks/
+/reviews/
+/reports/intake/
+/reports/outcomes/
+/reports/nightly/
 """
 
 

@@ -95,6 +95,7 @@ def test_a_rollback_pins_the_line_until_an_operator_unpins_it(
     assert f"candidate {outcome['model_hash'][:12]}" in ws.git("log", "--format=%s",
                                                                f"{head}..HEAD")
     assert _champion(line) == 1 and outcome["n_scored"] > 0  # scored by the pinned champion
+    assert ws.git("status", "--porcelain") == ""  # reports and reviews: committed or ignored
     with pytest.raises(ModelError, match="pinned to v1 by ana"):
         publish(candidate, line.params(), line.workspace)
 

@@ -233,6 +233,12 @@ def test_cli_fails_a_broken_batch_and_sidecar_errors_change_nothing(
     assert len(load_samples(ds / "manifest.csv")) == 1
     assert (tmp_path / "rep" / "intake.json").is_file()
 
+    # The inbox is empty now: a quiet night, not a failed batch.
+    assert main(argv + ["--report", str(tmp_path / "rep2")]) == 0
+    out = capsys.readouterr().out
+    assert f"no new data: the inbox {inbox} holds no files" in out and "FAILED" not in out
+    assert len(load_samples(ds / "manifest.csv")) == 1
+
 
 def _exdd_validate(inbox: Path, ds: Path, report: Path, config: Path,
                    kill_at: int | None = None) -> subprocess.Popen[bytes]:
