@@ -156,8 +156,7 @@ def record_stages(run: LineRun, *stages: str) -> None:
 
 
 def commit_lineage(run: LineRun, model_hash: str) -> None:
-    """Commit dvc.lock (tonight's data set, synthetic defects and banks, gated or not) and
-    the candidate's metrics; the night's other reports are local state, git-ignored."""
+    """Commit dvc.lock: tonight's data set, synthetic defects and banks, gated or not."""
     from exdd.workspace import Workspace
 
     ws = Workspace(run.workspace)
@@ -166,7 +165,7 @@ def commit_lineage(run: LineRun, model_hash: str) -> None:
         return  # a repeated step: already committed
     ignores = {str(Path(p).parent / ".gitignore") for p in (run.line.dataset, SYNTHETIC_DIR)}
     ws.commit(f"nightly {run.line.name} {run.run_id}: candidate {model_hash[:12]}",
-              ["dvc.lock", METRICS_REPORT, *sorted(ignores), f"{CANDIDATE_DIR}/.gitignore"])
+              ["dvc.lock", *sorted(ignores), f"{CANDIDATE_DIR}/.gitignore"])
 
 
 # --------------------------------------------------------------------------- steps

@@ -42,10 +42,11 @@ GITIGNORE = """\
 /data/inbox/
 /models/candidate/metrics.json
 /models/candidate/gate.json
-/reviews/
-/reports/intake/
-/reports/outcomes/
-/reports/nightly/
+/reviews/verdicts.db
+/reviews/export.lock
+/reviews/masks/
+/reports/
+/reviews/scores/
 """
 
 

@@ -1,7 +1,7 @@
 """``exdd validate``: line-data intake with great-expectations (see ``exdd.intake``).
 
-Exit 0 when the batch passed or the inbox was empty ("no new data"), 1 when too many
-files failed (the pipeline must stop before training), 2 on bad input (an ``ExddError``).
+Exit 0 when the batch passed, 1 when too many files failed (the pipeline must stop before
+training), 2 on bad input (an ``ExddError``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
     params = load_params(args.config)
     result = validate_inbox(args.inbox, args.dataset, args.report, params.intake, params.data)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=1))
-    elif result.n_total == 0:  # a quiet night is not a failure
+    if result.n_total == 0 and not args.json:  # a quiet night, not a failed batch: exit 0
         print(f"no new data: the inbox {args.inbox} holds no files; nothing to validate")
         return 0
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
     else:
         print(f"batch {result.batch}: {result.n_total} image(s), {result.n_accepted} accepted, "
               f"{result.n_quarantined} quarantined, {result.n_relabelled} label update(s) "
