@@ -53,5 +53,7 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"batch check failed: {check}")
         for key in result.kept_in_inbox:
             print(f"kept in inbox (changed during the run): {key}")
+        for key in result.skipped_links:
+            print(f"skipped, left in inbox (a symbolic link, never followed): {key}")
         print("PASSED" if result.passed else "FAILED: the batch must not be used for training")
     return 0 if result.passed or result.n_total == 0 else 1
