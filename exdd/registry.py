@@ -251,31 +251,32 @@ class Registry:
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"reading alias {alias!r}", err) from err
 
-    def aliases(self) -> dict[str, int]:
-        """Alias -> version of the line's model ({} before the first registration)."""
+    def _registered_model(self, what: str) -> Any | None:
+        """The line's registered model, None before its first registration."""
         try:
-            model = self.client.get_registered_model(self.name)
+            return self.client.get_registered_model(self.name)
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return {}
-            raise self._fail("reading aliases", err) from err
+                return None
+            raise self._fail(what, err) from err
         except Exception as err:  # noqa: BLE001
-            raise self._fail("reading aliases", err) from err
-        return {alias: int(version) for alias, version in model.aliases.items()}
+            raise self._fail(what, err) from err
+
+    def aliases(self) -> dict[str, int]:
+        """Alias -> version of the line's model ({} before the first registration)."""
+        model = self._registered_model("reading aliases")
+        return {} if model is None else {
+            alias: int(version) for alias, version in model.aliases.items()}
 
     def model_tags(self) -> dict[str, str]:
         """Tags of the line's registered model ({} before the first registration)."""
-        try:
-            return dict(self.client.get_registered_model(self.name).tags)
-        except MlflowException as err:
-            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return {}
-            raise self._fail("reading model tags", err) from err
-        except Exception as err:  # noqa: BLE001
-            raise self._fail("reading model tags", err) from err
+        model = self._registered_model("reading model tags")
+        return {} if model is None else dict(model.tags)
 
     def set_model_tag(self, key: str, value: str | None) -> None:
-        """Set a tag of the line's registered model; ``None`` removes it."""
+        """Set a tag of the line's registered model; ``None`` removes it (if it is there)."""
+        if value is None and key not in self.model_tags():
+            return
         try:
             if value is None:
                 self.client.delete_registered_model_tag(self.name, key)
