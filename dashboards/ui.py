@@ -19,7 +19,7 @@ from PIL import Image
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
 from exdd.pipeline import params_path
-from exdd.registry import CHAMPION, SCALAR_METRICS, SQLITE, Registry, tracking_uri
+from exdd.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
 from exdd.review import AccessDenied, VerdictStore, authorize, line_config, store_url
 
 CONTEXT_KEY = "exdd_context"
@@ -87,7 +87,8 @@ def sidebar() -> LineContext:
         secret = bar.text_input("Access key", type="password",
                                 key="access_key") if cfg.auth == "secret" else None
     try:
-        operator: str | None = authorize(cfg, typed, headers, secret)
+        operator: str | None = authorize(cfg, typed, headers, secret,
+                                         peer=st.context.ip_address)
         bar.caption(f"Acting as **{operator}**")
     except AccessDenied as err:
         operator = None
@@ -95,6 +96,10 @@ def sidebar() -> LineContext:
     except ConfigError as err:
         operator = None
         bar.error(str(err))
+    if operator is None and cfg.auth != "none":
+        # Images, scores and models are the line's own: shown to signed-in operators only.
+        st.info(f"Sign in (sidebar) to see line {name}'s images, scores and models.")
+        st.stop()
     try:
         ctx = LineContext(_line_params(line, workspace), line, workspace, operator)
     except ExddError as err:
@@ -139,8 +144,7 @@ def champion(ctx: LineContext) -> Any | None:
 
     A line whose sqlite registry does not exist yet has published nothing; looking must
     not create one."""
-    uri = tracking_uri(ctx.params.publish, ctx.workspace)
-    if uri.startswith(SQLITE) and not Path(uri[len(SQLITE):]).is_file():
+    if not registry_exists(tracking_uri(ctx.params.publish, ctx.workspace)):
         return None
     return registry(ctx).alias(CHAMPION)
 

@@ -114,8 +114,11 @@ def _load_state(net: nn.Module, path: str) -> None:
         raise BackboneError(f"{p}: backbone weights file not found")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a bad file
-        raise BackboneError(f"{p}: cannot read backbone weights ({err})") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        # Not torch's message: it advises loading with weights_only=False, which would run
+        # whatever code the file holds.
+        raise BackboneError(f"{p}: cannot read backbone weights: not a PyTorch state dict "
+                            f"({type(err).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:

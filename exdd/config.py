@@ -7,10 +7,14 @@ rejected so that a typo in params.yaml is an error, not a silently ignored setti
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import (
@@ -26,6 +30,38 @@ from pydantic import (
 from exdd.errors import ConfigError
 
 PARAMS_ENV = "EXDD_PARAMS"
+
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str, setting: str, environ: Mapping[str, str] = os.environ) -> str:
+    """``value`` with every ``${NAME}`` replaced by that environment variable: how a
+    password reaches a database or tracking URL without being written into params.yaml,
+    which git tracks. In the URL's user:password part the value is URL-quoted."""
+    def lookup(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if name not in environ:
+            raise ConfigError(f"{setting}: the environment variable {name} is not set")
+        return environ[name]
+
+    userinfo = urlsplit(value).netloc.rpartition("@")[0]
+    if userinfo:
+        quoted = ENV_REF.sub(lambda found: quote(lookup(found), safe=""), userinfo)
+        value = value.replace(f"{userinfo}@", f"{quoted}@", 1)
+    return ENV_REF.sub(lookup, value)
+
+
+def _no_written_password(url: str | None) -> str | None:
+    """A URL may name its password only as ``${ENV_VAR}``."""
+    password = urlsplit(url).password if url else None
+    if password and not ENV_REF.fullmatch(password):
+        raise ValueError("a password written into the URL would be committed to git: "
+                         "write it as ${ENV_VAR} and set that variable")
+    return url
+
+
+SecretFreeURL = Annotated[str, AfterValidator(_no_written_password)]
 
 
 class Section(BaseModel):
@@ -287,12 +323,15 @@ class PublishConfig(Section):
     """Where published models go: DVC remote, git tags, MLflow tracking/registry, audit log.
 
     Relative paths (and a relative sqlite tracking URI) are taken from the line workspace.
-    Remote credentials never appear here: DVC and boto3 read them from the environment.
+    Remote credentials never appear here: DVC and boto3 read them from the environment, as
+    MLflow does MLFLOW_TRACKING_USERNAME / _PASSWORD; a database password in
+    ``tracking_uri`` is written ``${ENV_VAR}`` and read from the environment.
     """
 
     line: str = "demo"
     registered_model_prefix: str = "exdd"
-    tracking_uri: str = "sqlite:///mlruns.db"
+    tracking_uri: SecretFreeURL = Field(
+        "sqlite:///mlruns.db", description="${ENV_VAR} in it is read from the environment")
     artifact_location: str = Field("mlartifacts", description="MLflow artifact root of new experiments")
     dvc_remote: str = Field("storage", description="name of the DVC remote in .dvc/config")
     dvc_remote_url: str = Field("../exdd-remote", description="a local folder or s3://bucket/prefix")
@@ -305,14 +344,17 @@ class PublishConfig(Section):
 class ReviewConfig(Section):
     """Operator review dashboard: verdict store, access control and queue defaults.
 
-    Access control (``auth``, ``secret_env``, ``auth_header``) and ``port`` are read from
-    the params file that lists the lines; everything else from each line's workspace
-    params, relative paths taken from that workspace. The shared secret never appears
-    here, only the name of the environment variable that holds it.
+    Access control (``auth``, ``secret_env``, ``auth_header``, ``trusted_proxies``,
+    ``proxy_secret_*``) and ``port`` are read from the params file that lists the lines;
+    everything else from each line's workspace params, relative paths taken from that
+    workspace. Secrets never appear here, only the names of the environment variables that
+    hold them. Header auth trusts the identity header only from ``trusted_proxies`` and/or
+    with the proxy's shared secret: one of the two must be set.
     """
 
-    db_url: str | None = Field(
-        None, description="SQLAlchemy URL of the verdict store; None = db_file per workspace")
+    db_url: SecretFreeURL | None = Field(
+        None, description="SQLAlchemy URL of the verdict store (${ENV_VAR}: from the "
+                          "environment); None = db_file per workspace")
     db_file: str = Field("reviews/verdicts.db", description="default sqlite verdict store")
     scores_dir: str = Field("reviews/scores", description="<run_id>/scores.csv + overlays/")
     outcomes_dir: str = Field("reports/outcomes", description="<run_id>.json nightly outcomes")
@@ -323,6 +365,13 @@ class ReviewConfig(Section):
                             description="name of the env var holding the shared secret")
     auth_header: str = Field("X-Forwarded-User", min_length=1,
                              description="identity header set by the reverse proxy")
+    trusted_proxies: list[str] = Field(
+        [], description="addresses / networks whose identity header is trusted (header auth)")
+    proxy_secret_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="env var holding a secret the proxy must send (header auth)")
+    proxy_secret_header: str = Field("X-Exdd-Proxy-Secret", min_length=1,
+                                     description="header carrying that secret")
     threshold_source: Literal["scores", "champion"] = Field(
         "scores", description="slider default: the scoring run's threshold or the champion's")
     recent_runs: int = Field(14, ge=1, description="latest scoring runs loaded into the queue")
@@ -330,6 +379,16 @@ class ReviewConfig(Section):
     mask_level: float = Field(0.5, gt=0.0, lt=1.0,
                               description="default heatmap level (0..1 of its colour scale)")
     port: int = Field(8501, ge=1, le=65535, description="served on 127.0.0.1 only")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return v
 
 
 class ServeConfig(Section):

@@ -19,3 +19,12 @@ class ModelError(ExddError):
 
 class BackboneError(ExddError):
     """Unknown backbone, or its weights cannot be reached."""
+
+
+class StorageError(ExddError):
+    """A result cannot be written: disk full, read-only or not permitted. Nothing of it is
+    left half-written."""
+
+    @classmethod
+    def writing(cls, target: object, err: OSError) -> "StorageError":
+        return cls(f"{target}: cannot write ({err.strerror or type(err).__name__})")

@@ -1,4 +1,9 @@
-"""Atomic writes and content hashes: nothing half-written is ever visible."""
+"""Atomic writes and content hashes: nothing half-written is ever visible.
+
+Files and folders end up with the permissions the process umask gives (as ``open`` and
+``mkdir`` would), not the owner-only ones of their temporary names: a dashboard or worker
+running as another user of the group reads them on a shared volume.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,22 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from exdd.errors import StorageError
+
 CHUNK = 1 << 20
+FILE_MODE = 0o666  # before the umask, as open() creates files
+DIR_MODE = 0o777  # before the umask, as mkdir() creates folders
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -23,19 +43,28 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    """Write to a temp file in the same folder, fsync, then rename over the target.
+
+    A full disk or read-only folder is a StorageError naming ``path``; no temp file stays.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        raise StorageError.writing(path, err) from None
+    try:
+        os.fchmod(fd, FILE_MODE & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise StorageError.writing(path, err) from None
         raise
 
 
@@ -47,11 +76,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a staging folder beside ``target``; on success it replaces ``target`` whole.
 
-    On error the staging folder is removed and any earlier ``target`` is left untouched.
+    On error the staging folder is removed and any earlier ``target`` is left untouched;
+    a full disk or read-only folder (an OSError while staging) is a StorageError naming
+    ``target``.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+        os.chmod(staging, DIR_MODE & ~umask())
+    except OSError as err:
+        raise StorageError.writing(target, err) from None
     try:
         yield staging
         if target.exists():
@@ -61,6 +96,8 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise StorageError.writing(target, err) from None
         raise

@@ -22,9 +22,9 @@ from exdd.datasets import Sample, load_samples, read_image
 from exdd.errors import ModelError
 from exdd.evaluate import evaluate
 from exdd.model import ExDD, data_fingerprint
-from exdd.modelio import CHECKSUMS, model_hash, verify, write_annotation
+from exdd.modelio import model_hash, verify, write_annotation
 from exdd.registry import (
-    CHAMPION, REJECTED, TAG_BENCHMARK, TAG_GATE, TAG_HASH, Overlays, Registry, scalar_metrics,
+    CHAMPION, REJECTED, TAG_BENCHMARK, TAG_GATE, Overlays, Registry, scalar_metrics,
 )
 
 GATE_FILE = "gate.json"
@@ -126,14 +126,14 @@ def _champion_metrics(registry: Registry, params: Params, repo: Path, samples: l
     tags = champion.tags
     if tags.get(TAG_BENCHMARK) == bench_hash and all(k in tags for k in GATED_METRICS):
         return {k: float(tags[k]) for k in GATED_METRICS}, version
-    # Score the champion's files: the checked-out copy (left untouched: DVC tracks it), or
-    # the copy logged with its registry version.
-    local = repo / params.publish.champion_dir
-    if (local / CHECKSUMS).is_file() and model_hash(local) == tags.get(TAG_HASH):
-        return scalar_metrics(metrics_on(local, samples, bench_hash, record=False)), version
+    # Score the champion's files (checked-out copy, left untouched as DVC tracks it, or
+    # the registry's), verified against the model hash its version recorded.
+    from exdd.champion import load_version
+
     with tempfile.TemporaryDirectory(prefix="exdd-champion-") as tmp:
-        model_dir = registry.download_model_dir(champion, Path(tmp))
-        return scalar_metrics(metrics_on(model_dir, samples, bench_hash, record=False)), version
+        loaded = load_version(registry, champion, Path(tmp), repo / params.publish.champion_dir)
+        return scalar_metrics(metrics_on(loaded.model_dir, samples, bench_hash,
+                                         record=False)), version
 
 
 def run_gate(candidate: Path, benchmark: Path, params: Params, repo: Path) -> GateDecision:

@@ -10,9 +10,11 @@ crash-safe journal, models and score folders are written atomically, the gate re
 decision made on the same model, benchmark and champion, publishing is idempotent by model
 hash, and the MLflow outcome run is found again by the run id.
 
-Two conditions end a night early, cleanly, with the champion untouched: an intake that
-failed (too many bad files, or none) stops training, a failed gate stops publishing. The
-step then raises :class:`StepSkipped`; scoring and the report still run.
+Three conditions end a night early, cleanly, with the champion untouched: an intake that
+failed (too many bad files, or none) stops training, a failed gate stops publishing, and
+so does a line an operator pinned by a rollback (the candidate is still built, evaluated
+and gated, its MLflow run recorded). The step then raises :class:`StepSkipped`; scoring
+and the report still run.
 
 Review outputs (read by the review dashboard, ``exdd.review``), in the line workspace,
 folders from the ``review`` section of its params:
@@ -21,13 +23,15 @@ folders from the ``review`` section of its params:
   ``image`` (workspace-relative path), ``score``, ``flag`` (1 when score >= threshold, else
   0), ``threshold`` (the champion's F1-optimal threshold), ``model_version`` (MLflow version
   of the champion that scored), ``overlay`` (``overlays/<stem>.png``, relative to the run
-  folder); written only when a champion exists and images were accepted;
+  folder), ``error`` (why an unreadable image has no score; empty otherwise); written only
+  when a champion exists and images were accepted;
 - ``reviews/scores/<run_id>/overlays/<stem>.png``: heatmap overlays (one colour scale for
   the whole run);
 - ``reports/outcomes/<run_id>.json``: ``{run_id, line, started, finished, n_total,
   n_accepted, n_quarantined, metrics, gate: {passed, reasons}, champion_version,
-  new_champion, scores_dir}`` plus ``status`` (published | gate_failed | intake_failed |
-  no_new_data),
+  new_champion, scores_dir}`` plus ``status`` (published | pinned | gate_failed |
+  intake_failed | no_new_data; pinned: the candidate passed but an operator's rollback
+  pinned the line, see ``exdd.champion``), ``pinned`` (the pin, or null),
   ``batch``, ``model_hash``, ``published_tag``, ``n_scored``, ``n_flagged``, ``n_held``
   (files held with a failed batch), ``drift`` (intake drift events, e.g. a size change)
   and ``mlflow_run_id``. ``metrics`` are the candidate's benchmark figures (empty when nothing
@@ -312,8 +316,21 @@ def publish(run: LineRun, decision: dict[str, Any]) -> dict[str, Any]:
         raise StepSkipped("gate failed: " + (f"champion v{kept} stays" if kept else
                                              "no champion yet") + "; " +
                           "; ".join(r for r in decision["reasons"] if r.startswith("FAIL")))
+    pin = line_pin(run)
+    if pin is not None and current_champion(run)[1] != decision["model_hash"]:
+        raise StepSkipped(f"line {run.line.name} is {pin.describe()}; candidate "
+                          f"{decision['model_hash'][:12]} passed the gate and is recorded "
+                          f"(MLflow run {decision['mlflow_run_id']}), not published")
     done = publish_model(run.candidate, run.params, run.workspace)
     return {"tag": done.tag, "version": done.version, "model_hash": done.model_hash}
+
+
+def line_pin(run: LineRun) -> Any | None:
+    """The pin an operator's rollback put on the line (``exdd.champion.Pin``), or None."""
+    from exdd.champion import read_pin
+    from exdd.registry import Registry
+
+    return read_pin(Registry(run.params, run.workspace))
 
 
 def accepted_images(intake: dict[str, Any], dataset: Path) -> list[Path]:
@@ -328,44 +345,25 @@ def accepted_images(intake: dict[str, Any], dataset: Path) -> list[Path]:
     return [dataset / p for p in json.loads(summary.read_text())["summary"]["accepted"]]
 
 
-def champion_model(run: LineRun, scratch: Path) -> tuple[Any, int, float | None] | None:
-    """The champion (model, MLflow version, flag threshold): its checked-out folder when
-    that holds exactly the champion, else its files from the registry; None if none."""
-    from exdd.gate import METRICS_FILE
-    from exdd.model import ExDD
-    from exdd.modelio import CHECKSUMS, model_hash
-    from exdd.registry import CHAMPION, TAG_HASH, Registry
-
-    registry = Registry(run.params, run.workspace)
-    champion = registry.alias(CHAMPION)
-    if champion is None:
-        return None
-    local = run.path(run.params.publish.champion_dir)
-    if not ((local / CHECKSUMS).is_file() and model_hash(local) == champion.tags.get(TAG_HASH)):
-        local = registry.download_model_dir(champion, scratch)
-    metrics = local / METRICS_FILE
-    threshold = json.loads(metrics.read_text()).get("threshold") if metrics.is_file() else None
-    if threshold is None and champion.tags.get("threshold"):
-        threshold = float(champion.tags["threshold"])
-    return ExDD.load(local), int(champion.version), threshold
-
-
 def score_images(run: LineRun, images: list[Path]) -> dict[str, Any]:
     """Score ``images`` with the current champion into this run's review folder."""
     from exdd.batch import write_predictions
+    from exdd.champion import load_champion
+    from exdd.model import ExDD
 
     with tempfile.TemporaryDirectory(prefix="exdd-champion-") as tmp:
-        champion = None if not images else champion_model(run, Path(tmp))
+        champion = None if not images else load_champion(run.params, run.workspace, Path(tmp))
         if champion is None:
             reason = "no images" if not images else "no champion yet"
             return {"scores_dir": None, "n_scored": 0, "n_flagged": 0, "model_version": None,
                     "reason": reason}
-        model, version, threshold = champion
-        flagged = write_predictions(model, images, run.scores_dir, threshold, version,
-                                    relative_to=run.workspace)
+        version, threshold = champion.version, champion.threshold
+        done = write_predictions(ExDD.load(champion.model_dir), images, run.scores_dir,
+                                 threshold, version, relative_to=run.workspace)
     return {"scores_dir": os.path.relpath(run.scores_dir, run.workspace),
-            "n_scored": len(images), "n_flagged": flagged, "model_version": version,
-            "threshold": threshold}
+            "n_scored": done.n_scored, "n_flagged": done.n_flagged, "model_version": version,
+            "threshold": threshold,
+            "unreadable": [[os.path.relpath(p, run.workspace), why] for p, why in done.failed]}
 
 
 def score(run: LineRun, intake: dict[str, Any]) -> dict[str, Any]:
@@ -377,9 +375,11 @@ def report(run: LineRun, started: str, intake: dict[str, Any], evaluated: dict |
            decision: dict | None, published: dict | None, scored: dict | None
            ) -> dict[str, Any]:
     """Write the run's outcome where the dashboard reads it, and log it to MLflow."""
+    pin = line_pin(run)
     if decision is not None:
         gate_info = {"passed": decision["passed"], "reasons": decision["reasons"]}
-        status = "published" if published else "gate_failed"
+        status = ("published" if published else "pinned" if decision["passed"]
+                  else "gate_failed")
     else:  # training never started: the intake failed
         gate_info = {"passed": None, "reasons": [f"NOT RUN {intake_problem(intake)}"]}
         status = "no_new_data" if intake["n_total"] == 0 else "intake_failed"
@@ -396,6 +396,7 @@ def report(run: LineRun, started: str, intake: dict[str, Any], evaluated: dict |
         "published_tag": (published or {}).get("tag"),
         "scores_dir": scored.get("scores_dir"), "n_scored": scored.get("n_scored", 0),
         "n_flagged": scored.get("n_flagged", 0),
+        "pinned": pin.describe() if pin is not None else None,
     }
     outcome["mlflow_run_id"] = log_outcome(run, outcome)
     write_text_atomic(run.outcome_file, json.dumps(outcome, indent=2, sort_keys=True) + "\n")
@@ -467,6 +468,8 @@ def summary(outcome: dict[str, Any]) -> list[str]:
         lines.append(f"  candidate {str(outcome.get('model_hash'))[:12]}: {figures}")
     lines += [f"  gate: {reason}" for reason in outcome["gate"]["reasons"]]
     champion = outcome["champion_version"]
+    if outcome.get("pinned"):
+        lines.append(f"  {outcome['pinned']}")
     lines.append(f"  champion: {'v' + str(champion) if champion else 'none'}"
                  + (f" (new: {outcome['published_tag']})" if outcome["new_champion"] else ""))
     if outcome.get("scores_dir"):

@@ -1,5 +1,8 @@
 """Publishing: make a gated model the line's champion everywhere, or nowhere.
 
+A line an operator pinned (a rollback, ``exdd.champion``) publishes nothing until it is
+unpinned.
+
 The champion's files live in the workspace's champion folder, tracked by DVC. Publishing
 copies the model there, pushes it to the DVC remote, registers an MLflow version, commits
 and tags (``model-<line>-v<N>``, N = the MLflow version) and moves the ``champion`` alias,
@@ -22,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from exdd.champion import refuse_if_pinned
 from exdd.config import Params
 from exdd.datasets import Sample
 from exdd.errors import ExddError, ModelError
@@ -82,7 +86,7 @@ def probe_scores(model_dir: Path, samples: list[Sample], count: int, repo: Path)
     }
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -98,7 +102,7 @@ def append_audit(repo: Path, params: Params, record: dict[str, Any]) -> None:
     """Append one JSON line to the audit log (never rewritten, fsynced)."""
     path = Path(repo) / params.publish.audit_log
     path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"at": _now(), "line": params.publish.line, **record}
+    entry = {"at": utc_now(), "line": params.publish.line, **record}
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
@@ -124,7 +128,7 @@ def _tag_message(params: Params, version: int, digest: str, dvc_file: str, model
         "line": params.publish.line, "registered_model": model_name(params), "version": version,
         "model_hash": digest, "dvc_file": dvc_file, "metrics": gate.metrics,
         "benchmark_hash": gate.benchmark_hash, "data_hashes": meta.get("data_hashes", {}),
-        "gate": gate.reasons, "published_at": _now(),
+        "gate": gate.reasons, "published_at": utc_now(),
     }
     subject = f"{model_name(params)} version {version} (model {digest[:12]})"
     return f"{subject}\n\n{json.dumps(record, indent=2, sort_keys=True)}\n"
@@ -142,6 +146,7 @@ def _passing_gate(model_dir: Path, digest: str, registry: Registry) -> GateDecis
     champion = registry.alias(CHAMPION)
     if champion is not None and champion.tags.get(TAG_HASH) == digest:
         return gate  # already the champion: a re-run
+    refuse_if_pinned(registry, digest)
     now = int(champion.version) if champion is not None else None
     if now != gate.champion_version:
         raise ModelError(f"{model_dir / GATE_FILE}: the gate compared against champion "

@@ -21,7 +21,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from exdd.config import Params, PublishConfig
+from exdd.config import Params, PublishConfig, expand_env
 from exdd.errors import ExddError
 from exdd.modelio import META
 from exdd.pyfunc import MODEL_DIR_PATH, THRESHOLD_KEY, log_pyfunc
@@ -47,13 +47,20 @@ def model_name(params: Params) -> str:
 
 
 def tracking_uri(cfg: PublishConfig, repo: Path) -> str:
-    """The tracking URI, a relative sqlite path or folder taken from the workspace."""
-    uri = cfg.tracking_uri
+    """The tracking URI, a relative sqlite path or folder taken from the workspace, and
+    ``${ENV_VAR}`` (a password) from the environment."""
+    uri = expand_env(cfg.tracking_uri, "publish.tracking_uri")
     if uri.startswith(SQLITE) and not uri[len(SQLITE):].startswith("/"):
         return SQLITE + str((repo / uri[len(SQLITE):]).resolve())
     if "://" not in uri:
         return (repo / uri).resolve().as_uri()
     return uri
+
+
+def registry_exists(uri: str) -> bool:
+    """False for a sqlite registry whose file does not exist yet: looking must not create
+    one (other stores: assumed to exist, their clients report what is wrong)."""
+    return not uri.startswith(SQLITE) or Path(uri[len(SQLITE):]).is_file()
 
 
 def redact(uri: str, text: str | None = None) -> str:
@@ -212,17 +219,39 @@ class Registry:
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"reading alias {alias!r}", err) from err
 
-    def aliases(self) -> dict[str, int]:
-        """Alias -> version of the line's model ({} before the first registration)."""
+    def _registered_model(self, what: str) -> Any | None:
+        """The line's registered model, None before its first registration."""
         try:
-            model = self.client.get_registered_model(self.name)
+            return self.client.get_registered_model(self.name)
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return {}
-            raise self._fail("reading aliases", err) from err
+                return None
+            raise self._fail(what, err) from err
         except Exception as err:  # noqa: BLE001
-            raise self._fail("reading aliases", err) from err
-        return {alias: int(version) for alias, version in model.aliases.items()}
+            raise self._fail(what, err) from err
+
+    def aliases(self) -> dict[str, int]:
+        """Alias -> version of the line's model ({} before the first registration)."""
+        model = self._registered_model("reading aliases")
+        return {} if model is None else {
+            alias: int(version) for alias, version in model.aliases.items()}
+
+    def model_tags(self) -> dict[str, str]:
+        """Tags of the line's registered model ({} before the first registration)."""
+        model = self._registered_model("reading model tags")
+        return {} if model is None else dict(model.tags)
+
+    def set_model_tag(self, key: str, value: str | None) -> None:
+        """Set a tag of the line's registered model; ``None`` removes it (if it is there)."""
+        if value is None and key not in self.model_tags():
+            return
+        try:
+            if value is None:
+                self.client.delete_registered_model_tag(self.name, key)
+            else:
+                self.client.set_registered_model_tag(self.name, key, value)
+        except Exception as err:  # noqa: BLE001
+            raise self._fail(f"setting model tag {key!r}", err) from err
 
     def versions(self) -> list[Any]:
         """All versions of the line's model, oldest first."""

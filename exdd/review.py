@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import hmac
 import io
+import ipaddress
 import json
 import os
 import uuid
@@ -48,7 +49,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.sql import Select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from exdd.config import LineConfig, Params, ReviewConfig
+from exdd.config import LineConfig, Params, ReviewConfig, expand_env
 from exdd.datasets import open_image, read_image
 from exdd.errors import ConfigError, DataError, ExddError
 from exdd.fsutil import write_bytes_atomic
@@ -161,6 +162,8 @@ def read_scores(workspace: Path, cfg: ReviewConfig, line: str, run_id: str) -> l
         rows = list(reader)
     items = []
     for lineno, row in enumerate(rows, start=2):
+        if row.get("error"):
+            continue  # an image the run could not read: nothing to review
         try:
             score = float(row["score"])
             threshold = _optional_float(row.get("threshold"))
@@ -205,19 +208,39 @@ def filter_queue(items: Iterable[ScoredImage], statuses: Mapping[str, str],
             and (until is None or i.scored_at.date() <= until)]
 
 
-def count_flagged(items: Iterable[ScoredImage], threshold: float) -> int:
-    """How many images a decision threshold flags (score >= threshold, as predict does)."""
-    return sum(1 for i in items if i.score >= threshold)
+def judged_threshold(item: ScoredImage, override: float | None = None) -> float | None:
+    """The threshold an image is judged by: ``override`` when the operator set one for
+    every model, else that of the model version that scored it (None: it had none)."""
+    return item.threshold if override is None else override
+
+
+def is_flagged(item: ScoredImage, override: float | None = None) -> bool | None:
+    """score >= threshold, as predict does; None when no threshold is known for the row."""
+    threshold = judged_threshold(item, override)
+    return None if threshold is None else item.score >= threshold
+
+
+def count_flagged(items: Iterable[ScoredImage], override: float | None = None) -> int:
+    """How many images are flagged, each by its own model's threshold unless ``override``."""
+    return sum(1 for i in items if is_flagged(i, override))
 
 
 def default_threshold(items: Sequence[ScoredImage], source: str,
                       champion_threshold: float | None) -> float | None:
-    """The slider's start: the scoring run's threshold or the champion's, whichever the
-    config prefers and exists (the other otherwise)."""
-    run_threshold = next((i.threshold for i in items if i.threshold is not None), None)
+    """The one-for-all slider's start: the latest scoring run's threshold or the
+    champion's, whichever the config prefers and exists (the other otherwise)."""
+    known = [i for i in items if i.threshold is not None]
+    latest = max(known, key=lambda i: (i.scored_at, i.run_id), default=None)
+    run_threshold = latest.threshold if latest is not None else None
     order = (run_threshold, champion_threshold) if source == "scores" else (
         champion_threshold, run_threshold)
     return next((t for t in order if t is not None), None)
+
+
+def model_versions(items: Iterable[ScoredImage]) -> list[str]:
+    """The model versions that scored the queue, in numeric order."""
+    found = {i.model_version for i in items}
+    return sorted(found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
 
 
 def read_audit(workspace: Path, params: Params) -> list[dict]:
@@ -278,9 +301,10 @@ EXPORTS_TABLE = Table(
 
 
 def store_url(cfg: ReviewConfig, workspace: Path) -> str:
-    """``cfg.db_url`` if set, else the sqlite file ``cfg.db_file`` in the workspace."""
+    """``cfg.db_url`` if set (``${ENV_VAR}`` from the environment), else the sqlite file
+    ``cfg.db_file`` in the workspace."""
     if cfg.db_url:
-        return cfg.db_url
+        return expand_env(cfg.db_url, "review.db_url")
     path = resolve(workspace, cfg.db_file).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
@@ -560,16 +584,49 @@ def export_pending(store: VerdictStore, params: Params, line: LineConfig,
 # --------------------------------------------------------------------------- access
 
 
+def _trusted_proxy(cfg: ReviewConfig, lowered: Mapping[str, str], peer: str | None,
+                   environ: Mapping[str, str]) -> None:
+    """AccessDenied unless the request comes from the authenticating proxy: a configured
+    proxy address and/or the proxy's shared secret (at least one must be configured)."""
+    if not cfg.trusted_proxies and not cfg.proxy_secret_env:
+        raise ConfigError("review.auth is 'header' but neither review.trusted_proxies nor "
+                          "review.proxy_secret_env is set: anyone could send the "
+                          f"{cfg.auth_header} header")
+    if cfg.trusted_proxies:
+        try:
+            address = ipaddress.ip_address((peer or "").strip())
+        except ValueError:
+            address = None
+        if address is None or not any(
+                address in ipaddress.ip_network(n, strict=False) for n in cfg.trusted_proxies):
+            raise AccessDenied(f"request from {peer or 'an unknown address'}, not from a "
+                               f"trusted proxy (review.trusted_proxies): {cfg.auth_header} "
+                               "is ignored")
+    if cfg.proxy_secret_env:
+        expected = environ.get(cfg.proxy_secret_env)
+        if not expected:
+            raise ConfigError(f"review.proxy_secret_env: the environment variable "
+                              f"{cfg.proxy_secret_env} is not set")
+        sent = lowered.get(cfg.proxy_secret_header.lower()) or ""
+        if not hmac.compare_digest(sent.encode(), expected.encode()):
+            raise AccessDenied(f"the proxy's {cfg.proxy_secret_header} is missing or wrong: "
+                               f"{cfg.auth_header} is ignored")
+
+
 def authorize(cfg: ReviewConfig, operator: str, headers: Mapping[str, str] | None = None,
-              secret: str | None = None, environ: Mapping[str, str] = os.environ) -> str:
+              secret: str | None = None, environ: Mapping[str, str] = os.environ,
+              peer: str | None = None) -> str:
     """The operator identity every action is recorded under, or AccessDenied.
 
     ``none``: the typed name. ``secret``: the typed name, once the shared secret (read
     from the env var named in the config) matches. ``header``: the identity the reverse
-    proxy put in the configured header; a typed name cannot override it.
+    proxy put in the configured header, trusted only from a configured proxy address
+    (``peer`` is the connecting address) and/or with the proxy's shared secret; a typed
+    name cannot override it.
     """
     if cfg.auth == "header":
         lowered = {k.lower(): v for k, v in (headers or {}).items()}
+        _trusted_proxy(cfg, lowered, peer, environ)
         who = (lowered.get(cfg.auth_header.lower()) or "").strip()
         if not who:
             raise AccessDenied(f"header {cfg.auth_header} missing: open the dashboard "

@@ -71,7 +71,6 @@ def test_compose_file_runs_the_tested_configuration() -> None:
     """docker-compose.yml's Airflow services use infra/airflow.env, the file tested below."""
     settings = infra_settings()
     assert settings["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert settings["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert settings["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert settings["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].endswith("/execution/")
     assert not any("SECRET" in key for key in settings)  # secrets come from the environment
@@ -82,10 +81,38 @@ def test_compose_file_runs_the_tested_configuration() -> None:
     assert airflow_services | {"postgres", "redis", "mlflow", "minio"} <= set(services)
     for name in airflow_services:
         assert services[name]["env_file"] == "airflow.env"
-        assert "AIRFLOW__API_AUTH__JWT_SECRET" in services[name]["environment"]
+        environment = services[name]["environment"]
+        assert "AIRFLOW__API_AUTH__JWT_SECRET" in environment
+        assert environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(
+            "postgresql+psycopg2://airflow:${POSTGRES_PASSWORD:?")
     command = {name: services[name]["command"] for name in airflow_services}
     assert command["airflow-worker"].startswith("airflow celery worker")
     assert command["airflow-dag-processor"] == "airflow dag-processor"
+
+
+URL_PASSWORD = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
+
+
+def test_no_secrets_in_the_repository() -> None:
+    """Passwords come from the environment or the git-ignored infra/.env; the committed
+    files name them (${VAR}) and example.env holds placeholders only."""
+    tracked = subprocess.run(["git", "ls-files", "infra", "params.yaml"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "infra/docker-compose.yml" in tracked and "infra/.env" not in tracked
+    for name in tracked:
+        for found in URL_PASSWORD.finditer((REPO / name).read_text()):
+            assert found.group(1).startswith(("${", "$POSTGRES")), f"{name}: {found.group(0)}"
+    compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
+    for service, spec in compose["services"].items():
+        for key, value in (spec.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "SECRET", "ACCESS_KEY")):
+                assert str(value).startswith("${"), f"{service}: {key} is written in the file"
+    example = [ln.split("=", 1) for ln in (REPO / "infra" / "example.env").read_text()
+               .splitlines() if ln.strip() and not ln.startswith("#")]
+    assert example and all(v.startswith("change-me") for k, v in example
+                           if "SECRET" in k or "PASSWORD" in k)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=REPO)
+    assert ignored.returncode == 0  # a real infra/.env is never committed
 
 
 # --------------------------------------------------------------------------- the cluster

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +117,100 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(
     assert "has no mask" in _error(["fit", "--data", str(no_mask), "--out", str(model_dir),
                                     "--config", str(cfg)], capsys)
     assert (model_dir / "checksums.json").read_bytes() == before
+
+
+def test_predict_scores_the_rest_when_one_image_is_unreadable(
+        setup: tuple[Path, Path], model_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = setup
+    folder = tmp_path / "night"
+    folder.mkdir()
+    good = sorted(p for p in (data / "test").glob("*.png") if not p.stem.endswith("_GT"))[:3]
+    for p in good:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "zz-truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model_dir), "--out", str(out), str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert "3 of 4 image(s) scored" in captured.out
+    assert f"not scored: {folder / 'zz-truncated.png'}: unreadable image" in captured.err
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [Path(r["image"]).name for r in rows] == [p.name for p in good] + ["zz-truncated.png"]
+    assert all(r["score"] and not r["error"] and r["overlay"] for r in rows[:3])
+    bad = rows[3]
+    assert (bad["score"], bad["flag"], bad["overlay"]) == ("", "", "")
+    assert bad["error"].startswith("unreadable image")
+    digest = hashlib.sha256((model_dir / "checksums.json").read_bytes()).hexdigest()
+    assert {r["model_version"] for r in rows} == {digest[:12]}  # a bare directory: its hash
+
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    where.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 64 KiB tmpfs: too small for a model (mounting needs root)."""
+    disk = tmp_path / "tiny"
+    if not _mount_tmpfs(disk, "size=64k"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """A read-only tmpfs where mounting is allowed, else a folder without write permission."""
+    where = tmp_path / "ro"
+    if _mount_tmpfs(where, "ro,size=64k"):
+        yield where
+        subprocess.run(["umount", str(where)], check=True)
+        return
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions and cannot mount a read-only tmpfs")
+    where.chmod(0o555)
+    yield where
+    where.chmod(0o755)
+
+
+def test_fit_on_a_full_disk_is_one_line_and_leaves_nothing(
+        setup: tuple[Path, Path], tiny_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, cfg = setup
+    out = tiny_disk / "model"
+    line = _error(["fit", "--data", str(data), "--out", str(out), "--config", str(cfg)], capsys)
+    assert line == f"exdd fit: error: {out}: cannot write (No space left on device)"
+    assert list(tiny_disk.iterdir()) == []  # no staging folder, no half model
+
+
+def test_writes_into_a_read_only_folder_are_one_line(
+        setup: tuple[Path, Path], model_dir: Path, read_only_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    data, cfg = setup
+    out = read_only_dir / "model"
+    line = _error(["fit", "--data", str(data), "--out", str(out), "--config", str(cfg)], capsys)
+    assert line.startswith(f"exdd fit: error: {out}: cannot write (")
+    pred = read_only_dir / "pred"
+    line = _error(["predict", "--model", str(model_dir), "--out", str(pred), str(data / "test")],
+                  capsys)
+    assert line.startswith(f"exdd predict: error: {pred}: cannot write (")
+    json_out = read_only_dir / "metrics.json"
+    line = _error(["evaluate", "--model", str(model_dir), "--data", str(data),
+                   "--json", str(json_out)], capsys)
+    assert line.startswith(f"exdd evaluate: error: {json_out}: cannot write (")
+    assert list(read_only_dir.iterdir()) == []
+
+
+def test_garbage_weights_file_is_one_line_without_torch_advice(
+        setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = setup
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"this is not a checkpoint\n" * 40)
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump({**SMALL, "model": {**SMALL["model"],
+                                                      "backbone_weights": str(weights)}}))
+    line = _error(["fit", "--data", str(data), "--out", str(tmp_path / "m"), "--config",
+                   str(cfg)], capsys)
+    assert f"{weights}: cannot read backbone weights" in line
+    assert "weights_only" not in line and "re-run" not in line.lower()

@@ -44,3 +44,33 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_passwords_in_urls_come_from_the_environment(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from exdd.config import expand_env, params_from_dict
+    from exdd.registry import Registry, tracking_uri
+    from exdd.review import VerdictStore, store_url
+
+    for section, key in (("review", "db_url"), ("publish", "tracking_uri")):
+        with pytest.raises(ConfigError, match=rf"'{section}\.{key}'.*write it as \$\{{ENV_VAR\}}"
+                           ) as err:
+            params_from_dict({section: {key: "postgresql://exdd:hunter2@db:5432/x"}})
+        assert "hunter2" not in str(err.value)
+    params = params_from_dict({
+        "review": {"db_url": "sqlite:///${EXDD_TEST_DIR}/verdicts.db"},
+        "publish": {"tracking_uri": "sqlite:///${EXDD_TEST_DIR}/mlruns.db"}})
+    with pytest.raises(ConfigError, match="review.db_url: the environment variable "
+                                          "EXDD_TEST_DIR is not set"):
+        store_url(params.review, tmp_path)
+    monkeypatch.setenv("EXDD_TEST_DIR", str(tmp_path))
+    store = VerdictStore(store_url(params.review, tmp_path))  # a real store, where the env says
+    store.record("demo", "a.png", "normal", "ana")
+    assert (tmp_path / "verdicts.db").is_file()
+    assert tracking_uri(params.publish, tmp_path / "ws") == f"sqlite:///{tmp_path}/mlruns.db"
+    assert Registry(params, tmp_path).aliases() == {}
+    # In the user:password part the value is URL-quoted; elsewhere inserted as is.
+    env = {"P": "p@ss:w/rd", "H": "db.local"}
+    assert (expand_env("postgresql://exdd:${P}@${H}:5432/x", "x", env)
+            == "postgresql://exdd:p%40ss%3Aw%2Frd@db.local:5432/x")
+    assert params_from_dict({"publish": {"tracking_uri": "postgresql://u:${P}@h/m"}})

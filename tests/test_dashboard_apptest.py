@@ -15,7 +15,9 @@ from PIL import Image
 from review_fixtures import LineFixture, line_copy
 from streamlit.testing.v1 import AppTest
 
+from exdd.batch import write_predictions
 from exdd.config import load_params
+from exdd.model import ExDD
 from exdd.registry import CHAMPION, Registry
 from exdd.review import VerdictStore, inbox_name, line_config
 
@@ -66,16 +68,61 @@ def test_queue_renders_most_suspicious_first(line: LineFixture) -> None:
     assert list(table["image"]) == [r["image"] for r in sorted(
         scores, key=lambda r: -float(r["score"]))]
     threshold = float(scores[0]["threshold"])
-    flagged = sum(float(r["score"]) >= threshold for r in scores)
-    assert at.slider(key="threshold").value == pytest.approx(threshold)
+    flagged = sum(int(r["flag"]) for r in scores)  # what the nightly run flagged
+    assert at.radio(key="threshold_mode").value == "each model's own"
     assert _metric(at, "Flagged (shown)") == f"{flagged} / {len(scores)}"
-    assert _metric(at, "Champion") == "v2"
+    assert _metric(at, "Champion") == "v2" and _metric(at, "Scored by") == "v2"
+    assert set(table["model"]) == {"v2"} and set(table["threshold"]) == {threshold}
     assert len(at.image) == 2  # the image and its heatmap overlay
 
+    at.radio(key="threshold_mode").set_value("one for all models").run()
+    assert at.slider(key="threshold").value == pytest.approx(threshold)
     at.slider(key="threshold").set_value(min(float(r["score"]) for r in scores)).run()
     assert _metric(at, "Flagged (shown)") == f"{len(scores)} / {len(scores)}"
     assert at.button(key="record").disabled  # no operator, no action
     assert any("operator name" in w.value for w in at.warning)
+
+
+def test_queue_of_two_model_versions_judges_each_by_its_own_threshold(
+        line: LineFixture, tmp_path: Path) -> None:
+    """A night scored by v1 and one by v2: the queue flags what the nights flagged, not
+    what the first row's threshold would flag on every model's scores."""
+    params = load_params(line.workspace / "params.yaml")
+    registry = Registry(params, line.workspace)
+    v1 = next(v for v in registry.versions() if int(v.version) == 1)
+    model = ExDD.load(registry.download_model_dir(v1, tmp_path / "v1"))
+    images = sorted(p for p in (line.workspace / params.gate.benchmark / "test").rglob("*.png")
+                    if not p.stem.endswith("_GT"))[:4]
+    v1_scores = model.predict(images).scores
+    with open(next((line.workspace / "reviews" / "scores").glob("*/scores.csv"))) as f:
+        v2_rows = list(csv.DictReader(f))
+    v2_threshold = float(v2_rows[0]["threshold"])
+    # v1's own threshold flags a different number of its images than v2's would.
+    under_v2 = int((v1_scores >= v2_threshold).sum())
+    v1_threshold = float(v1_scores.max()) + 1.0 if under_v2 else float(v1_scores.min())
+    write_predictions(model, images, line.workspace / "reviews" / "scores" / "older-v1",
+                      v1_threshold, 1, relative_to=line.workspace)
+    with open(line.workspace / "reviews" / "scores" / "older-v1" / "scores.csv") as f:
+        v1_rows = list(csv.DictReader(f))
+    (line.workspace / params.review.outcomes_dir / "older-v1.json").write_text(json.dumps(
+        {"run_id": "older-v1", "line": "demo", "finished": "2025-03-01T02:20:00+00:00"}))
+    nightly = sum(int(r["flag"]) for r in v1_rows + v2_rows)
+    total = len(v1_rows) + len(v2_rows)
+
+    at = _app()
+    assert not at.exception, at.exception
+    assert _metric(at, "Flagged (shown)") == f"{nightly} / {total}"
+    assert _metric(at, "Scored by") == "v1, v2"
+    table = at.dataframe[0].value
+    assert sorted(table["model"]) == sorted(["v1"] * len(v1_rows) + ["v2"] * len(v2_rows))
+    by_image = dict(zip(table["image"], table["flagged"]))
+    assert all(by_image[r["image"]] == bool(int(r["flag"])) for r in v1_rows + v2_rows)
+
+    at.radio(key="threshold_mode").set_value("one for all models").run()
+    assert at.slider(key="threshold").value == pytest.approx(v2_threshold)  # the latest run's
+    one_for_all = under_v2 + sum(float(r["score"]) >= v2_threshold for r in v2_rows)
+    assert one_for_all != nightly
+    assert _metric(at, "Flagged (shown)") == f"{one_for_all} / {total}"
 
 
 def test_verdicts_recorded_and_exported_to_the_inbox(line: LineFixture) -> None:
@@ -163,6 +210,20 @@ def test_rollback_needs_confirmation_and_moves_the_alias(line: LineFixture) -> N
              .read_text().splitlines()]
     assert audit[-1]["event"] == "rollback" and audit[-1]["who"] == "bo"
     assert audit[-1]["reason"] == "v2 misses scratches" and audit[-1]["from_version"] == 2
+    assert audit[-1]["pinned"] is True
+
+    # The rollback pinned the line: shown, and lifted only by an operator with a reason.
+    assert any("pinned to v1 by bo" in w.value for w in at.warning)
+    assert at.button(key="unpin").disabled
+    at.text_input(key="unpin_reason").input("v3 fixes the scratches").run()
+    at.button(key="unpin").click().run()
+    assert not at.exception, at.exception
+    assert any("unpinned" in s.value for s in at.success)
+    assert not any("pinned to v1" in w.value for w in at.warning)
+    audit = [json.loads(x) for x in (line.workspace / "audit" / "models.jsonl")
+             .read_text().splitlines()]
+    assert (audit[-1]["event"], audit[-1]["who"], audit[-1]["reason"]) == (
+        "unpin", "bo", "v3 fixes the scratches")
 
 
 def test_empty_state_without_a_published_model(tmp_path_factory: pytest.TempPathFactory,
@@ -186,16 +247,28 @@ def test_shared_secret_and_proxy_header_gate_every_action(
     monkeypatch.setenv("EXDD_TEST_LINE_KEY", "open-sesame")
     at = _app()
     at.sidebar.text_input(key="operator").input("ana").run()
-    at.radio(key=_form(at, "verdict")).set_value("normal").run()
-    assert at.button(key="record").disabled
     assert any("access key is wrong" in w.value for w in at.sidebar.warning)
+    # Without the key nothing of the line is shown: no scores, images or models.
+    assert not at.dataframe and not at.image and not at.metric
+    assert any("Sign in" in i.value for i in at.info)
+    at.switch_page("views/model.py").run()
+    assert not at.exception, at.exception
+    assert not at.dataframe and not at.image and not at.metric and not at.button
+    at.switch_page("views/queue.py").run()
     at.sidebar.text_input(key="access_key").input("open-sesame").run()
+    assert at.dataframe and _metric(at, "Champion") == "v2"
+    at.radio(key=_form(at, "verdict")).set_value("normal").run()
     assert not at.button(key="record").disabled
     texts = [e.value for e in (*at.markdown, *at.caption, *at.warning, *at.error, *at.info)]
     assert not any("open-sesame" in t for t in texts)  # the key is never echoed
 
-    _set_review(line, auth="header")
-    at = _app()  # AppTest sends no proxy headers: nobody may act
-    at.radio(key=_form(at, "verdict")).set_value("normal").run()
-    assert at.button(key="record").disabled
-    assert any("X-Forwarded-User missing" in w.value for w in at.sidebar.warning)
+    _set_review(line, auth="header")  # no proxy address, no proxy secret: refused outright
+    at = _app()
+    assert any("neither review.trusted_proxies" in e.value for e in at.sidebar.error)
+    assert not at.dataframe and not at.image
+
+    _set_review(line, auth="header", proxy_secret_env="EXDD_TEST_PROXY_KEY")
+    monkeypatch.setenv("EXDD_TEST_PROXY_KEY", "pr0xy")
+    at = _app()  # AppTest sends no proxy headers: nobody may act, or look
+    assert any("X-Exdd-Proxy-Secret is missing or wrong" in w.value for w in at.sidebar.warning)
+    assert not at.dataframe and not at.image and not at.metric

@@ -239,6 +239,23 @@ def test_cli_fails_a_broken_batch_and_sidecar_errors_change_nothing(
     assert [f["expectation"] for f in held["failed"]] == ["exdd_batch_passes"]
     assert (tmp_path / "rep" / "intake.json").is_file()
 
+    # A symbolic link is never followed: it stays in the inbox, and the run says so.
+    save(tmp_path / "elsewhere.png", texture(3))
+    (inbox / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    save(inbox / "d.png", texture(4))
+    assert main(argv + ["--report", str(tmp_path / "rep-link")]) == 0
+    out = capsys.readouterr().out
+    assert "1 image(s), 1 accepted" in out
+    assert "skipped, left in inbox (a symbolic link, never followed): link.png" in out
+    assert [p.name for p in inbox.iterdir()] == ["link.png"]
+    (inbox / "link.png").unlink()
+
+    # The inbox is empty now: a quiet night, not a failed batch.
+    assert main(argv + ["--report", str(tmp_path / "rep2")]) == 0
+    out = capsys.readouterr().out
+    assert f"no new data: the inbox {inbox} holds no files" in out and "FAILED" not in out
+    assert len(load_samples(ds / "manifest.csv")) == 2
+
 
 def _exdd_validate(inbox: Path, ds: Path, report: Path, config: Path,
                    kill_at: int | None = None) -> subprocess.Popen[bytes]:

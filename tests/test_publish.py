@@ -180,7 +180,9 @@ def test_registry_down_leaves_the_champion_and_names_no_credentials(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     down = params.model_copy(deep=True)
-    down.publish.tracking_uri = f"http://exdd:registry-secret@127.0.0.1:{port}"
+    # the password comes from the environment (a written one is refused by the config)
+    monkeypatch.setenv("EXDD_TEST_REGISTRY_PASSWORD", "registry-secret")
+    down.publish.tracking_uri = f"http://exdd:${{EXDD_TEST_REGISTRY_PASSWORD}}@127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with pytest.raises(ExddError, match=r"MLflow at http://\*\*\*@127\.0\.0\.1") as err:
         publish(models["v5"], down, repo)

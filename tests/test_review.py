@@ -23,9 +23,11 @@ from exdd.review import (
     export_pending,
     filter_queue,
     heat_from_overlay,
+    is_flagged,
     load_queue,
     mask_from_overlay,
     mask_from_upload,
+    model_versions,
     new_mask_path,
     save_mask,
 )
@@ -97,6 +99,23 @@ def test_queue_orders_by_score_and_keeps_latest_run(tmp_path: Path) -> None:
     assert default_threshold(queue, "scores", 0.3) == 0.6
     assert default_threshold(queue, "champion", 0.3) == 0.3
     assert default_threshold(queue, "champion", None) == 0.6
+
+
+def test_each_row_is_judged_by_the_threshold_of_its_model(tmp_path: Path) -> None:
+    write_run(tmp_path, "night1", "2025-03-01T03:00:00+00:00", [("data/n1/a.png", 0.55)],
+              threshold=0.5, version="1")
+    write_run(tmp_path, "night2", "2025-03-02T03:00:00+00:00", [("data/n2/c.png", 0.58)],
+              threshold=0.6, version="2")
+    queue = load_queue(tmp_path, CFG, "demo")
+    by_image = {i.image: i for i in queue}
+    # What the two nights flagged (their scores.csv flag column): a by v1's 0.5, not c.
+    assert [is_flagged(by_image[k]) for k in ("data/n1/a.png", "data/n2/c.png")] == [True, False]
+    assert count_flagged(queue) == sum(int(i.flag) for i in queue) == 1
+    assert count_flagged(queue, 0.6) == 0 and count_flagged(queue, 0.5) == 2  # one for all
+    assert model_versions(queue) == ["1", "2"]
+    assert default_threshold(queue, "scores", None) == 0.6  # the latest run's
+    unknown = queue[0].__class__(**{**queue[0].__dict__, "threshold": None})
+    assert is_flagged(unknown) is None and count_flagged([unknown]) == 0
 
 
 def test_queue_empty_and_bad_scores(tmp_path: Path) -> None:
@@ -229,10 +248,38 @@ def test_authorize_modes() -> None:
         authorize(secret, "ana", secret="guess", environ={"LINE_KEY": "s3cret"})
     with pytest.raises(ConfigError, match="LINE_KEY is not set"):
         authorize(secret, "ana", secret="s3cret", environ={})
-    header = CFG.model_copy(update={"auth": "header"})
-    assert authorize(header, "typed", headers={"x-forwarded-user": "bo"}) == "bo"
+    with pytest.raises(ConfigError, match="neither review.trusted_proxies nor"):
+        authorize(CFG.model_copy(update={"auth": "header"}), "", {"X-Forwarded-User": "bo"})
+
+    # Trusted by address: the proxy's, never a local user's direct connection.
+    proxied = params_from_dict({"review": {"auth": "header",
+                                           "trusted_proxies": ["10.1.0.0/16", "::1"]}}).review
+    assert authorize(proxied, "typed", {"X-Forwarded-User": "bo"}, peer="10.1.2.3") == "bo"
+    assert authorize(proxied, "", {"x-forwarded-user": "bo"}, peer="::1") == "bo"
+    for peer in ("127.0.0.1", "10.2.0.1", None, "not-an-ip"):
+        with pytest.raises(AccessDenied, match="not from a trusted proxy"):
+            authorize(proxied, "", {"X-Forwarded-User": "mallory"}, peer=peer)
     with pytest.raises(AccessDenied, match="X-Forwarded-User missing"):
-        authorize(header, "typed", headers={})
+        authorize(proxied, "typed", headers={}, peer="10.1.2.3")
+    with pytest.raises(ConfigError, match="not an IP address or network: 'proxy.local'"):
+        params_from_dict({"review": {"trusted_proxies": ["proxy.local"]}})
+
+    # Trusted by the proxy's shared secret (a proxy on the same host as local users).
+    keyed = params_from_dict({"review": {"auth": "header",
+                                         "proxy_secret_env": "PROXY_KEY"}}).review
+    env = {"PROXY_KEY": "pr0xy"}
+    sent = {"X-Forwarded-User": "bo", "X-Exdd-Proxy-Secret": "pr0xy"}
+    assert authorize(keyed, "", sent, environ=env, peer="127.0.0.1") == "bo"
+    for headers in ({"X-Forwarded-User": "mallory"},
+                    {"X-Forwarded-User": "mallory", "X-Exdd-Proxy-Secret": "guess"}):
+        with pytest.raises(AccessDenied, match="X-Exdd-Proxy-Secret is missing or wrong"):
+            authorize(keyed, "", headers, environ=env, peer="127.0.0.1")
+    with pytest.raises(ConfigError, match="PROXY_KEY is not set"):
+        authorize(keyed, "", sent, environ={})
+    both = keyed.model_copy(update={"trusted_proxies": ["10.1.0.0/16"]})
+    assert authorize(both, "", sent, environ=env, peer="10.1.0.9") == "bo"
+    with pytest.raises(AccessDenied, match="not from a trusted proxy"):
+        authorize(both, "", sent, environ=env, peer="127.0.0.1")
 
 
 def test_review_config_rejects_a_secret_in_place_of_its_name() -> None:

@@ -1,5 +1,6 @@
-"""Model page: the champion, every version with its metrics and gate decision, ROC/PR
-plots, the publish/rollback audit log, the nightly runs, and rollback with confirmation."""
+"""Model page: the champion (and the pin a rollback put on the line), every version with
+its metrics and gate decision, ROC/PR plots, the publish/rollback audit log, the nightly
+runs, and rollback with confirmation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 import ui
+from exdd.champion import read_pin
 from exdd.errors import ExddError
 from exdd.registry import CHAMPION, REJECTED, TAG_GATE, TAG_GIT, TAG_HASH
 from exdd.review import list_outcomes, read_audit
@@ -91,10 +93,29 @@ def rollback_form(ctx: ui.LineContext, versions: list[Any], champion: Any) -> No
             st.session_state.pop(CONFIRM_KEY, None)
             ui.fail(err)
         st.session_state.pop(CONFIRM_KEY, None)
-        ui.flash(f"Rolled back: {done.tag} (v{done.version}) is the champion again.")
+        ui.flash(f"Rolled back: {done.tag} (v{done.version}) is the champion again; the line "
+                 "is pinned to it until an operator unpins it.")
         st.rerun()
     if no.button("Cancel", key="rollback_cancel"):
         st.session_state.pop(CONFIRM_KEY, None)
+        st.rerun()
+
+
+def pin_panel(ctx: ui.LineContext, pin: Any) -> None:
+    """The pin a rollback put on the line, and unpinning it (operator and reason needed)."""
+    st.warning(f"Line {ctx.line.name} is {pin.describe()}.")
+    reason = st.text_input("Reason for unpinning (recorded in the audit log)",
+                           key="unpin_reason")
+    if st.button("Unpin: let nightly runs publish again", key="unpin",
+                 disabled=ctx.operator is None or not reason.strip()):
+        from exdd.champion import unpin
+
+        try:
+            unpin(ctx.params, ctx.workspace, ctx.operator or "", reason.strip())
+        except ExddError as err:
+            ui.fail(err)
+        ui.flash(f"Line {ctx.line.name} unpinned: candidates that pass the gate are "
+                 "published again.")
         st.rerun()
 
 
@@ -105,6 +126,7 @@ def main() -> None:
     try:
         champion = ui.champion(ctx)
         versions = ui.registry(ctx).versions() if champion is not None else []
+        pin = read_pin(ui.registry(ctx)) if champion is not None else None
         audit = read_audit(ctx.workspace, ctx.params)
         outcomes = list_outcomes(ctx.workspace, ctx.params.review)
     except ExddError as err:
@@ -119,6 +141,8 @@ def main() -> None:
     for col, key in zip(cols[1:], HEADLINE):
         col.metric(key.replace("_", " "), f"{figures[key]:.4f}" if key in figures else "–")
     st.caption(f"{label(champion)} · model {champion.tags.get(TAG_HASH, '?')[:12]}")
+    if pin is not None:
+        pin_panel(ctx, pin)
     history(ctx, versions)
     plots(ctx, versions, champion)
     st.subheader("Audit log")

@@ -23,9 +23,12 @@ from exdd.review import (
     default_threshold,
     export_pending,
     filter_queue,
+    is_flagged,
+    judged_threshold,
     load_queue,
     mask_from_overlay,
     mask_from_upload,
+    model_versions,
     new_mask_path,
     resolve,
     save_mask,
@@ -35,6 +38,7 @@ MASK_MODES = ("no mask", "heatmap region", "upload a drawn mask")
 FORM_KEYS = ("verdict", "note", "mask_mode", "mask_level", "mask_upload")
 NEXT_KEY = "exdd_next_image"
 SLIDER_STEPS = 200
+THRESHOLD_MODES = ("each model's own", "one for all models")
 
 
 def form_key(name: str, item: ScoredImage) -> str:
@@ -43,16 +47,28 @@ def form_key(name: str, item: ScoredImage) -> str:
     return f"{name}:{item.image}"
 
 
-def threshold_slider(items: list[ScoredImage], start: float | None) -> float:
+def threshold_override(items: list[ScoredImage], start: float | None) -> float | None:
+    """None: every image is judged by the threshold of the model that scored it (what the
+    nightly runs flagged); else the one threshold the operator slides to, for all."""
+    mode = st.radio("Decision threshold", THRESHOLD_MODES, horizontal=True,
+                    key="threshold_mode",
+                    help="scores of different model versions are not on one scale: by "
+                         "default each row is judged by its own model's threshold")
+    if mode == THRESHOLD_MODES[0]:
+        return None
     scores = [i.score for i in items]
     lo, hi = min(scores), max(scores)
     start = (lo + hi) / 2 if start is None else start
     lo, hi = min(lo, start), max(hi, start)
     if hi <= lo:
         hi = lo + 1.0
-    return st.slider("Decision threshold", lo, hi, float(start), step=(hi - lo) / SLIDER_STEPS,
-                     format="%.4f", key="threshold",
+    return st.slider("Threshold for all models", lo, hi, float(start),
+                     step=(hi - lo) / SLIDER_STEPS, format="%.4f", key="threshold",
                      help="score >= threshold is flagged; counts follow live")
+
+
+def _decision(flagged: bool | None) -> str:
+    return {True: "flagged", False: "not flagged", None: "no threshold known"}[flagged]
 
 
 def choose_mask(ctx: ui.LineContext, item: ScoredImage) -> np.ndarray | None:
@@ -116,7 +132,7 @@ def record(ctx: ui.LineContext, store: VerdictStore, item: ScoredImage, verdict:
 
 
 def review_panel(ctx: ui.LineContext, store: VerdictStore, item: ScoredImage,
-                 threshold: float, following: str | None) -> None:
+                 override: float | None, following: str | None) -> None:
     picture, heat, panel = st.columns(3)
     picture.image(str(item.image_path), caption=item.image, width="stretch")
     if item.overlay_path is not None and item.overlay_path.is_file():
@@ -124,8 +140,10 @@ def review_panel(ctx: ui.LineContext, store: VerdictStore, item: ScoredImage,
     else:
         heat.info("No heatmap overlay for this image.")
     with panel:
-        decision = "flagged" if item.score >= threshold else "not flagged"
-        st.markdown(f"**score {item.score:.4f}** · threshold {threshold:.4f} → **{decision}**  \n"
+        threshold = judged_threshold(item, override)
+        shown = "?" if threshold is None else f"{threshold:.4f}"
+        st.markdown(f"**score {item.score:.4f}** · threshold {shown} → "
+                    f"**{_decision(is_flagged(item, override))}**  \n"
                     f"model v{item.model_version or '?'} · run `{item.run_id}`")
         for past in store.history(ctx.line.name, item.image):
             st.caption(f"{past.created_at:%Y-%m-%d %H:%M} UTC · {past.operator}: "
@@ -174,12 +192,14 @@ def main() -> None:
     shown = filter_queue(items, statuses, wanted, since, until)
 
     champion_threshold = ui.version_metrics(champion).get("threshold") if champion else None
-    threshold = threshold_slider(items, default_threshold(items, cfg.threshold_source,
-                                                          champion_threshold))
-    a, b, c = st.columns(3)
-    a.metric("Flagged (shown)", f"{count_flagged(shown, threshold)} / {len(shown)}")
+    override = threshold_override(items, default_threshold(items, cfg.threshold_source,
+                                                           champion_threshold))
+    versions = model_versions(items)
+    a, b, c, d = st.columns(4)
+    a.metric("Flagged (shown)", f"{count_flagged(shown, override)} / {len(shown)}")
     b.metric("Unreviewed (all)", sum(1 for i in items if i.image not in statuses))
     c.metric("Champion", f"v{champion.version}" if champion else "none")
+    d.metric("Scored by", ", ".join(f"v{v}" if v else "?" for v in versions))
     if not shown:
         st.info("No image matches the filters.")
         st.stop()
@@ -187,7 +207,8 @@ def main() -> None:
     pages = math.ceil(len(shown) / cfg.page_size)
     page = st.number_input("Page", 1, pages, key="page") if pages > 1 else 1
     rows = shown[(page - 1) * cfg.page_size: page * cfg.page_size]
-    st.dataframe([{"score": i.score, "flagged": i.score >= threshold,
+    st.dataframe([{"score": i.score, "threshold": judged_threshold(i, override),
+                   "flagged": is_flagged(i, override), "model": f"v{i.model_version or '?'}",
                    "status": statuses.get(i.image, UNREVIEWED),
                    "scored": i.scored_at.strftime("%Y-%m-%d %H:%M"), "run": i.run_id,
                    "image": i.image} for i in rows], hide_index=True, width="stretch")
@@ -204,7 +225,7 @@ def main() -> None:
                           format_func=lambda im: f"{by_image[im].score:.4f} · {im}")
     position = options.index(chosen)
     following = next((im for im in options[position + 1:] if im not in statuses), None)
-    review_panel(ctx, store, by_image[chosen], threshold, following)
+    review_panel(ctx, store, by_image[chosen], override, following)
 
 
 main()

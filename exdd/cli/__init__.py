@@ -1,6 +1,7 @@
 """``exdd`` command line: one sub-command module per concept, each with ``register``.
 
-Every ``ExddError`` becomes one line on stderr naming the file and the problem, exit 2.
+Every ``ExddError`` (and any other file-system error: disk full, read-only) becomes one
+line on stderr naming the file and the problem, exit 2.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ExddError as err:
         print(f"exdd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write the library does not route through exdd.fsutil
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"exdd {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
 
 

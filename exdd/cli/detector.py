@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 from exdd.config import load_params
@@ -84,24 +86,46 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def _threshold(model_dir: Path, override: float | None) -> float | None:
-    if override is not None:
-        return override
-    metrics = model_dir / METRICS_FILE
-    return json.loads(metrics.read_text()).get("threshold") if metrics.exists() else None
+def report_unreadable(failed: list) -> int:
+    """List the images a batch could not read, one line each: exit 1 when there were any."""
+    for path, why in failed:
+        print(f"not scored: {path}: {why}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} image(s) could not be read; see the error column of "
+              "scores.csv", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from exdd.batch import write_predictions
+    from exdd.champion import is_models_uri, load_models_uri, model_threshold
+    from exdd.config import Params
     from exdd.model import ExDD
+    from exdd.modelio import model_hash
 
-    model = ExDD.load(args.model)
     paths = collect_images(args.inputs)
-    threshold = _threshold(Path(args.model), args.threshold)
-    flagged = write_predictions(model, paths, Path(args.out), threshold)
-    shown = flagged if threshold is not None else "n/a (no threshold known)"
-    print(f"{len(paths)} images scored, {shown} flagged; results in {args.out}")
-    return 0
+    with tempfile.TemporaryDirectory(prefix="exdd-predict-") as tmp:
+        if is_models_uri(args.model):
+            repo = Path(args.repo).resolve()
+            config = args.config or (repo / "params.yaml" if (repo / "params.yaml").is_file()
+                                     else None)
+            loaded = load_models_uri(args.model, load_params(config) if config else Params(),
+                                     repo, Path(tmp))
+            model_dir, version = loaded.model_dir, str(loaded.version)
+            threshold, digest = loaded.threshold, loaded.model_hash
+            label = f"{args.model} (version {version}, model {digest[:12]})"
+        else:  # a bare directory: self-consistent files, provenance unknown (see README)
+            model_dir = Path(args.model)
+            threshold, digest = model_threshold(model_dir), model_hash(model_dir)
+            version, label = digest[:12], f"model {digest[:12]} (directory {model_dir})"
+        model = ExDD.load(model_dir)
+        if args.threshold is not None:
+            threshold = args.threshold
+        done = write_predictions(model, paths, Path(args.out), threshold, version)
+    shown = done.n_flagged if threshold is not None else "n/a (no threshold known)"
+    print(f"{done.n_scored} of {len(paths)} image(s) scored by {label}, {shown} flagged; "
+          f"results in {args.out}")
+    return report_unreadable(done.failed)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +152,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="score images; writes scores.csv and heatmap overlays")
-    pr.add_argument("--model", required=True)
+    pr.add_argument("--model", required=True, metavar="MODEL_DIR_OR_URI",
+                    help="a model directory, or models:/exdd-<line>@champion (any alias) or "
+                         "models:/exdd-<line>/<version> of the --repo workspace's registry, "
+                         "checked against the model hash the registry recorded")
+    pr.add_argument("--repo", default=".", help="line workspace of a models:/ URI")
+    pr.add_argument("--config", help="params.yaml for a models:/ URI (default: the "
+                                      "workspace's)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--threshold", type=float, help="flag threshold (default: the model's F1-max)")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")

@@ -61,6 +61,9 @@ def run_validate(args: argparse.Namespace) -> int:
 
     params = load_params(args.config)
     result = validate_inbox(args.inbox, args.dataset, args.report, params.intake, params.data)
+    if result.n_total == 0 and not args.json:  # a quiet night, not a failed batch: exit 0
+        print(f"no new data: the inbox {args.inbox} holds no files; nothing to validate")
+        return 0
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -76,8 +79,10 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"drift: {event['message']}")
         for key in result.kept_in_inbox:
             print(f"kept in inbox (changed during the run): {key}")
+        for key in result.skipped_links:
+            print(f"skipped, left in inbox (a symbolic link, never followed): {key}")
         print("PASSED" if result.passed else "FAILED: the batch must not be used for training")
-    return 0 if result.passed else 1
+    return 0 if result.passed or result.n_total == 0 else 1
 
 
 def _list(args: argparse.Namespace) -> int:

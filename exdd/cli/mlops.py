@@ -1,4 +1,5 @@
-"""``exdd gate | publish | rollback | models | curves | workspace init``: model lifecycle.
+"""``exdd gate | publish | rollback | unpin | models | curves | workspace init``: model
+lifecycle.
 
 Each command works on a line workspace (``--repo``, default the current folder) and its
 params.yaml (``--config`` overrides); ``--line`` picks the line. The library modules are
@@ -13,13 +14,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from exdd.config import Params, load_params
-from exdd.errors import DataError
+from exdd.errors import ConfigError, DataError
 
 WIDE = 160  # table width when stdout is not a terminal
 
 
 def _context(args: argparse.Namespace) -> tuple[Params, Path]:
     repo = Path(args.repo).resolve()
+    if not repo.is_dir():
+        raise ConfigError(f"{repo}: no such line workspace (--repo)")
     config = args.config or (repo / "params.yaml" if (repo / "params.yaml").is_file() else None)
     params = load_params(config) if config else Params()
     if args.line:
@@ -58,8 +61,24 @@ def _rollback(args: argparse.Namespace) -> int:
 
     params, repo = _context(args)
     done = rollback(args.to, params, repo, args.reason, args.who or current_user())
+    if not done.changed:
+        print(f"{done.tag} (version {done.version}) is the champion already: nothing rolled "
+              f"back; line {params.publish.line} is pinned to it")
+        return 0
     print(f"rolled back: {done.tag} (version {done.version}, model {done.model_hash[:12]}) "
-          "is the champion again")
+          f"is the champion again; line {params.publish.line} is pinned to it until "
+          "`exdd unpin`")
+    return 0
+
+
+def _unpin(args: argparse.Namespace) -> int:
+    from exdd.champion import unpin
+    from exdd.publish import current_user
+
+    params, repo = _context(args)
+    pin = unpin(params, repo, args.who or current_user(), args.reason)
+    print(f"line {params.publish.line} unpinned (was pinned to v{pin.version} by {pin.who}): "
+          "nightly runs publish candidates that pass the gate again")
     return 0
 
 
@@ -67,10 +86,19 @@ def _models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from exdd.registry import TAG_GATE, TAG_GIT, TAG_HASH, Registry, redact
+    from exdd.champion import read_pin
+    from exdd.registry import (
+        TAG_GATE, TAG_GIT, TAG_HASH, Registry, redact, registry_exists, tracking_uri,
+    )
 
     params, repo = _context(args)
+    uri = tracking_uri(params.publish, repo)
+    if not registry_exists(uri):
+        print(f"no model registered for line {params.publish.line} yet (no registry at "
+              f"{redact(uri)})")
+        return 0
     registry = Registry(params, repo)
+    pin = read_pin(registry)
     by_version: dict[int, list[str]] = {}
     for alias, version in registry.aliases().items():
         by_version.setdefault(version, []).append(alias)
@@ -89,7 +117,11 @@ def _models(args: argparse.Namespace) -> int:
             style="bold green" if "champion" in aliases else None,
         )
     # A pipe or a log gets the whole table, not one cut to 80 columns.
-    Console(width=None if sys.stdout.isatty() else WIDE).print(table)
+    console = Console(width=None if sys.stdout.isatty() else WIDE)
+    console.print(table)
+    if pin is not None:
+        console.print(f"line {params.publish.line} is {pin.describe()}", style="bold yellow",
+                      markup=False)
     return 0
 
 
@@ -128,7 +160,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add gate, publish, rollback, models, curves and workspace."""
+    """Add gate, publish, rollback, unpin, models, curves and workspace."""
     gate = sub.add_parser("gate", help="promotion gate: thresholds and no regression vs champion")
     gate.add_argument("--candidate", required=True, metavar="MODEL_DIR")
     gate.add_argument("--benchmark", help="benchmark data set (default: gate.benchmark)")
@@ -147,6 +179,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     back.add_argument("--who", help="who decided (default: $EXDD_USER or the login name)")
     _common(back)
     back.set_defaults(func=_rollback)
+
+    unpin = sub.add_parser("unpin", help="let nightly runs publish again after a rollback")
+    unpin.add_argument("--reason", required=True, help="why (goes to the audit log)")
+    unpin.add_argument("--who", help="who decided (default: $EXDD_USER or the login name)")
+    _common(unpin)
+    unpin.set_defaults(func=_unpin)
 
     models = sub.add_parser("models", help="registered versions, metrics, gate, champion")
     _common(models)

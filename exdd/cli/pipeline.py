@@ -36,7 +36,7 @@ def _nightly(args: argparse.Namespace) -> int:
 
 
 def _score_batch(args: argparse.Namespace) -> int:
-    from exdd.cli.detector import collect_images
+    from exdd.cli.detector import collect_images, report_unreadable
     from exdd.pipeline import open_run, score_images
 
     run = open_run(args.params, args.line, _run_id(args))
@@ -46,7 +46,7 @@ def _score_batch(args: argparse.Namespace) -> int:
         return 1
     print(f"{scored['n_scored']} image(s) scored by champion v{scored['model_version']}, "
           f"{scored['n_flagged']} flagged: {run.workspace / scored['scores_dir']}")
-    return 0
+    return report_unreadable(scored["unreadable"])
 
 
 def _outcomes(args: argparse.Namespace) -> int:

@@ -56,10 +56,15 @@ class LocalInbox:
         self.uri = str(self.root.resolve())  # provenance in the manifest's source column
         if not self.root.is_dir():
             raise DataError(f"{self.root}: inbox folder does not exist")
+        self.symlinks: list[str] = []  # keys of the last list()'s symbolic links
 
     def list(self) -> list[InboxFile]:
+        """The inbox's files; symbolic links are never followed (they could point anywhere),
+        they stay in the inbox and are reported in ``symlinks``."""
         items = []
-        for path in sorted(self.root.rglob("*")):
+        paths = sorted(self.root.rglob("*"))
+        self.symlinks = [p.relative_to(self.root).as_posix() for p in paths if p.is_symlink()]
+        for path in paths:
             if path.is_file() and not path.is_symlink():
                 st = path.stat()
                 key = path.relative_to(self.root).as_posix()

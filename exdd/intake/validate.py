@@ -84,6 +84,7 @@ class IntakeResult:
     placements: dict[str, str] = field(default_factory=dict)  # every inbox key -> its path
     batch_failures: list[str] = field(default_factory=list)  # failed table-level checks
     kept_in_inbox: list[str] = field(default_factory=list)  # changed while we ran
+    skipped_links: list[str] = field(default_factory=list)  # symbolic links: left, not followed
     n_relabelled: int = 0  # label updates of accepted images (not in n_accepted)
     relabelled: list[str] = field(default_factory=list)  # their data-set image paths
     n_held: int = 0  # passed their own checks, quarantined with the failed batch
@@ -130,6 +131,9 @@ def validate_inbox(inbox: str, dataset: Path, report: Path | None, cfg: IntakeCo
         kept = apply(journal, work, dataset, source)
     result = IntakeResult.from_json(journal.result)
     result.kept_in_inbox = kept
+    result.skipped_links = source.symlinks if isinstance(source, LocalInbox) else []
+    for key in result.skipped_links:
+        log.warning("%s/%s is a symbolic link: not followed, left in the inbox", source.uri, key)
     return result
 
 
