@@ -3,7 +3,7 @@
     python bench/bench_search.py --data ../shared/data/magnetic-tile/split.csv --model MODEL_DIR
 
 ``--model`` is a model directory fitted on the train split (``exdd fit --data ... --out``
-with ``data.image_height/width`` 256 for the figures in docs/benchmarks.md). The test
+with the default params for the figures in docs/benchmarks.md). The test
 images are decoded and embedded once; then
 
 - per-stage costs (wall and CPU ms per image, two cores): decode + resize, the bare

@@ -78,9 +78,10 @@ def batches(ref: ExDD, paths: Sequence[Path]) -> Iterator[torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="KSDD2-layout folder or manifest CSV")
-    ap.add_argument("--config", help="params.yaml for the input size (default: ./params.yaml)")
-    ap.add_argument("--height", type=int, help="input height (default: data.image_height)")
-    ap.add_argument("--width", type=int, help="input width (default: data.image_width)")
+    ap.add_argument("--config", help="params.yaml for the mask threshold (default: ./params.yaml)")
+    ap.add_argument("--height", type=int, required=True,
+                    help="input height: the exdd model's (exdd picks it from the data at fit)")
+    ap.add_argument("--width", type=int, required=True, help="input width, likewise")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--coreset", type=float, nargs="+", default=[0.1, 0.01],
                     help="coreset sampling ratios, each on the same train features "
@@ -91,8 +92,7 @@ def main() -> None:
     args = ap.parse_args()
 
     data = load_params(args.config).data
-    data = data.model_copy(update={"image_height": args.height or data.image_height,
-                                   "image_width": args.width or data.image_width})
+    data = data.model_copy(update={"image_height": args.height, "image_width": args.width})
     ref = ExDD(data=data)  # input size and mask threshold only; never fitted
     train = [s for s in load_samples(args.data, "train") if s.label == 0]
     test = load_samples(args.data, "test")

@@ -72,6 +72,5 @@ def score_bytes(model: ExDD, blobs: Sequence[bytes], keep_images: bool = False
         for path, data in zip(paths, blobs):
             path.write_bytes(data)
         pred = model.predict(paths)
-        h, w = model.data.image_height, model.data.image_width
-        images = [read_image(p, h, w) for p in paths] if keep_images else []
+        images = [read_image(p) for p in paths] if keep_images else []  # overlays: own shape
     return pred, images
