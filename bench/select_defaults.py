@@ -33,12 +33,9 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy.ndimage import binary_dilation
 from sklearn.metrics import roc_auc_score
 
-from exdd.banks import BankBuilder
+from exdd.banks import BankBuilder, defect_cells
 from exdd.common import NearestNeighbourIndex
 from exdd.config import ModelConfig, load_params
 from exdd.datasets import Sample, load_samples, read_mask
@@ -103,14 +100,6 @@ def bank(patches: np.ndarray, fraction: float, min_keep: int, cfg: ModelConfig
     builder.add(patches)
     vectors, tau = builder.finish()
     return NearestNeighbourIndex.from_config(cfg).fit(vectors), tau
-
-
-def defect_cells(masks: np.ndarray, grid: tuple[int, int], dilation: int) -> np.ndarray:
-    """Grid cells under each (dilated) mask, as the model selects them for M_P."""
-    if dilation:
-        masks = np.stack([binary_dilation(m, iterations=dilation) for m in masks])
-    cover = F.adaptive_max_pool2d(torch.from_numpy(masks.astype(np.float32))[:, None], grid)
-    return cover[:, 0].numpy() > 0
 
 
 def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, cfg: ModelConfig

@@ -16,11 +16,23 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import binary_dilation
 
 from exdd.common import NearestNeighbourIndex
 from exdd.config import ModelConfig
 from exdd.errors import DataError
 from exdd.sampler import GreedyCoresetSampler
+
+
+def defect_cells(masks: np.ndarray, grid: tuple[int, int], dilation: int) -> np.ndarray:
+    """Grid cells (n, h, w) under each boolean mask (n, H, W), dilated by ``dilation`` pixels
+    first: the patches of a defect image that go into M_P."""
+    if dilation:
+        masks = np.stack([binary_dilation(m, iterations=dilation) for m in masks])
+    cover = F.adaptive_max_pool2d(torch.from_numpy(masks.astype(np.float32))[:, None], grid)
+    return cover[:, 0].numpy() > 0
 
 
 @dataclass

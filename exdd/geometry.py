@@ -61,9 +61,9 @@ def resolve_input_size(data: DataConfig, images: Sequence[Path], stride: int, mi
             raise ConfigError("the input size follows the training images, but there are none")
         aspect = median(h / w for w, h in (image_size(p) for p in images))
         if height is None and width is None:
-            height = _round_to(math.sqrt(data.pixel_budget * aspect), stride, min_size)
-            width = _round_to(data.pixel_budget / math.sqrt(data.pixel_budget * aspect),
-                              stride, min_size)
+            exact_height = math.sqrt(data.pixel_budget * aspect)  # h * w = budget, h / w = aspect
+            height = _round_to(exact_height, stride, min_size)
+            width = _round_to(data.pixel_budget / exact_height, stride, min_size)
         elif height is None:
             height = _round_to(width * aspect, stride, min_size)
         else:

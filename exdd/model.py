@@ -15,19 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.ndimage import binary_dilation
 from tqdm import tqdm
 
 from exdd.backbones import load_backbone
-from exdd.banks import BankBuilder
+from exdd.banks import BankBuilder, defect_cells
 from exdd.common import NearestNeighbourIndex
 from exdd.config import DataConfig, ModelConfig
 from exdd.datasets import Sample, read_image, read_mask
 from exdd.errors import DataError, ModelError
 from exdd.features import PatchEmbedder, random_projection
-from exdd.geometry import resolve_input_size
 from exdd.fsutil import sha256_file
+from exdd.geometry import resolve_input_size
 from exdd.prefetch import ordered_map, prefetched
 from exdd.scoring import Bank, MapUpsampler, Scorer
 
@@ -38,7 +36,8 @@ FITTED_STATE = ("projection_", "bank_normal_", "bank_defect_", "tau_normal_", "t
                 "grid_", "data_hashes_")
 # Settings that only change how a fitted model predicts: scoring rule, search, batching.
 PREDICT_SETTINGS = frozenset({
-    "single_bank", "scoring", "defect_weight", "image_score", "knn", "smoothing_sigma", "top_k_fraction", "ratio_eps",
+    "single_bank", "scoring", "defect_weight", "image_score", "knn", "smoothing_sigma",
+    "top_k_fraction", "ratio_eps",
     "nn_use_gpu", "nn_batch_size", "nn_index", "nn_hnsw_m", "nn_hnsw_ef", "batch_size", "device",
 })
 
@@ -130,10 +129,7 @@ class ExDD:
         """Which grid cells of an image lie under its (dilated) defect mask."""
         h, w = self.data.input_size
         mask = read_mask(sample.mask, h, w, self.data.mask_threshold, image_path=sample.image)
-        if self.model.mask_dilation:
-            mask = binary_dilation(mask, iterations=self.model.mask_dilation)
-        cover = F.adaptive_max_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], grid)
-        return cover[0, 0].numpy() > 0
+        return defect_cells(mask[None], grid, self.model.mask_dilation)[0]
 
     # ---------------------------------------------------------------- fit
     def _builder(self, fraction: float, min_keep: int = 1) -> BankBuilder:
