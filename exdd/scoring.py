@@ -1,6 +1,6 @@
 """Turning patch distances to the two memory banks into anomaly maps and image scores.
 
-Two rules, chosen by ``model.scoring``:
+Three rules, chosen by ``model.scoring``:
 
 ``reference``
     ExDD as written: per bank, PatchCore's neighbourhood reweighting of the decisive patch
@@ -16,9 +16,18 @@ Two rules, chosen by ``model.scoring``:
     defect usually is to its bank is no further evidence", which bounds the denominator by
     the bank's own resolution. The image score is read off the smoothed map (the mean of its
     top ``top_k_fraction``), so image and pixel decisions agree and one hot pixel does not
-    decide an image. See docs/benchmarks.md for the measurement behind the default.
+    decide an image.
 
-With ``single_bank`` (PatchCore), the map is d_N and the image score is reweighted s_N.
+``weighted`` (the default)
+    The pixel map is d_N * (d_N / (d_N + d_P)) ** ``defect_weight``: the distance to the
+    normal bank, weighted by how much nearer the patch lies to the defect bank than to the
+    normal one. It never exceeds d_N, so a normal patch that sits by chance near one defect
+    exemplar cannot become an outlier. bench/select_defaults.py chose it (cross-validation
+    inside the train splits); docs/benchmarks.md has the figures.
+
+For ``calibrated`` and ``weighted`` the image score is read off the smoothed map by
+``image_score`` (``top_k`` mean or ``max``). With ``single_bank`` (PatchCore) the map is
+d_N, pooled the same way, or PatchCore's reweighted s_N with ``image_score: reweighted``.
 """
 
 from __future__ import annotations
