@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from exdd.backbones import load_backbone
+from exdd.detector.backbones import load_backbone
 from exdd.config import Params, load_params
-from exdd.datasets import load_samples, read_image
-from exdd.features import PatchEmbedder, random_projection
-from exdd.geometry import resolve_input_size
-from exdd.sampler import GreedyCoresetSampler, coverage_radius
+from exdd.data.readers import load_samples, read_image
+from exdd.detector.features import PatchEmbedder, random_projection
+from exdd.detector.geometry import resolve_input_size
+from exdd.detector.sampler import GreedyCoresetSampler, coverage_radius
 
 
 def patch_like(n: int, dim: int, clusters: int, decay: float, seed: int) -> np.ndarray:

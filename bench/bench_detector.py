@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from exdd.config import DataConfig, ModelConfig, load_params
-from exdd.datasets import load_samples, read_image
-from exdd.evaluate import evaluate
-from exdd.geometry import with_input_size
-from exdd.model import ExDD
+from exdd.data.readers import load_samples, read_image
+from exdd.evaluation.evaluate import evaluate
+from exdd.detector.geometry import with_input_size
+from exdd.detector.model import ExDD
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
 

@@ -5,7 +5,7 @@ nightly pipeline, with per-night intake counts, step times, metrics and gate dec
 
 The data set's train split is delivered as ``--nights`` batches (``exdd line add
 --batches``, then ``exdd line feed`` before each later night); each night is
-``exdd.pipeline.run_nightly``, the steps the DAG runs, in one process, timed step by step.
+``exdd.pipeline.nightly.run_nightly``, the steps the DAG runs, in one process, timed step by step.
 The platform params are exdd's defaults (``--config`` to start from another file).
 """
 
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from exdd import pipeline
-from exdd.line import add_line, feed_line
-from exdd.workspace import line_params_text, template_dir
+from exdd.pipeline import nightly as pipeline
+from exdd.pipeline.onboarding import add_line, feed_line
+from exdd.line.workspace import line_params_text, template_dir
 
 STEPS = ("validate", "synthesize", "build_banks", "evaluate", "gate", "publish", "score",
          "report")

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from exdd.config import load_params
-from exdd.datasets import load_samples
-from exdd.evaluate import evaluate
-from exdd.model import ExDD
-from exdd.synth import synthesize
+from exdd.data.readers import load_samples
+from exdd.evaluation.evaluate import evaluate
+from exdd.detector.model import ExDD
+from exdd.data.synth import synthesize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import variants  # noqa: E402

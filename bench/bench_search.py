@@ -27,12 +27,12 @@ import faiss
 import numpy as np
 import torch
 
-from exdd.common import NearestNeighbourIndex
-from exdd.datasets import load_samples, read_image
-from exdd.evaluate import ground_truth
-from exdd.metrics import compute_metrics
-from exdd.model import ExDD
-from exdd.scoring import Bank, bank_distances, top_k_mean
+from exdd.detector.index import NearestNeighbourIndex
+from exdd.data.readers import load_samples, read_image
+from exdd.evaluation.evaluate import ground_truth
+from exdd.evaluation.metrics import compute_metrics
+from exdd.detector.model import ExDD
+from exdd.detector.scoring import Bank, bank_distances, top_k_mean
 
 from bench_detector import KEYS  # bench/ is on sys.path when run as a script
 

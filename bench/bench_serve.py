@@ -33,12 +33,12 @@ import numpy as np
 import yaml
 
 from exdd.config import Params, ServeConfig
-from exdd.datasets import load_samples, read_image
-from exdd.model import ExDD
-from exdd.modelio import model_hash
-from exdd.pyfunc import log_pyfunc
-from exdd.registry import CHAMPION, Registry
-from exdd.serving.images import check_image, score_bytes
+from exdd.data.readers import load_samples, read_image
+from exdd.detector.model import ExDD
+from exdd.detector.modelio import model_hash
+from exdd.line.pyfunc import log_pyfunc
+from exdd.line.registry import CHAMPION, Registry
+from exdd.inference.encoded import check_image, score_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_helpers import ServeProcess  # noqa: E402 - the tests' server process runner

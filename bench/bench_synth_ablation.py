@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from exdd.banks import BankBuilder
+from exdd.detector.banks import BankBuilder
 from exdd.config import DataConfig, ModelConfig, SynthConfig, load_params
-from exdd.datasets import Sample, load_samples
-from exdd.evaluate import evaluate
-from exdd.model import ExDD
-from exdd.synth import synthesize
+from exdd.data.readers import Sample, load_samples
+from exdd.evaluation.evaluate import evaluate
+from exdd.detector.model import ExDD
+from exdd.data.synth import synthesize
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "../shared/data/magnetic-tile/split.csv"
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap")

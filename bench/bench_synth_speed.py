@@ -1,6 +1,6 @@
 """Generation speed of the procedural synthetic-defect backend (images/s, one CPU process).
 
-Times ``exdd.synth.synthesize`` end to end (read source, render, write PNGs and provenance)
+Times ``exdd.data.synth.synthesize`` end to end (read source, render, write PNGs and provenance)
 on the demo surfaces and, when present, on Magnetic-tile's defect-free training images.
 
     python bench/bench_synth_speed.py [--count 200] [--magnetic-tile PATH/split.csv]
@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from exdd.config import DataConfig, DemoConfig, SynthConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
-from exdd.synth import synthesize
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
+from exdd.data.synth import synthesize
 
 DEFAULT_MAGNETIC_TILE = (Path(__file__).resolve().parents[1]
                          / "../shared/data/magnetic-tile/split.csv")

@@ -8,8 +8,8 @@ dependency of exdd). anomalib's ``PatchcoreModel`` keeps everything of its own (
 average pooling, bilinear resize of the deeper map, k-center-greedy coreset over a sparse
 random projection, reweighted image score, nearest upsampling + Gaussian blur sigma 4)
 except its feature extractor, which is exdd's backbone: same weights, same normalisation,
-images read by ``exdd.datasets.read_image``. Metrics come from ``exdd.metrics`` against
-masks read as ``exdd.evaluate`` reads them, so the figures compare with exdd's own.
+images read by ``exdd.data.readers.read_image``. Metrics come from ``exdd.evaluation.metrics`` against
+masks read as ``exdd.evaluation.evaluate`` reads them, so the figures compare with exdd's own.
 
 anomalib's k-center greedy is one full pass over all train patches per selected patch: on
 2 CPU cores, tire (215k patches) at 1 % took 5-7 min; magnetic-tile (682k) costs about
@@ -30,12 +30,12 @@ import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
-from exdd.backbones import Backbone, load_backbone
+from exdd.detector.backbones import Backbone, load_backbone
 from exdd.config import load_params
-from exdd.datasets import load_samples
-from exdd.evaluate import ground_truth
-from exdd.metrics import compute_metrics
-from exdd.model import ExDD
+from exdd.data.readers import load_samples
+from exdd.evaluation.evaluate import ground_truth
+from exdd.evaluation.metrics import compute_metrics
+from exdd.detector.model import ExDD
 
 from bench_detector import KEYS, preload  # bench/ is on sys.path when run as a script
 

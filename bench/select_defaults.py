@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from exdd.banks import BankBuilder, defect_cells
-from exdd.common import NearestNeighbourIndex
+from exdd.detector.banks import BankBuilder, defect_cells
+from exdd.detector.index import NearestNeighbourIndex
 from exdd.config import ModelConfig, load_params
-from exdd.datasets import Sample, load_samples, read_mask
-from exdd.geometry import resolve_input_size
-from exdd.metrics import pixel_metrics
-from exdd.model import ExDD
-from exdd.scoring import MapUpsampler, dual_evidence, pooled
+from exdd.data.readers import Sample, load_samples, read_mask
+from exdd.detector.geometry import resolve_input_size
+from exdd.evaluation.metrics import pixel_metrics
+from exdd.detector.model import ExDD
+from exdd.detector.scoring import MapUpsampler, dual_evidence, pooled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import variants  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from exdd.datasets import Sample, load_samples, mask_is_nonempty, open_image
+from exdd.data.readers import Sample, load_samples, mask_is_nonempty, open_image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = {"magnetic-tile": SHARED / "magnetic-tile" / "split.csv",

@@ -1,7 +1,7 @@
 """Nightly retraining: one DAG per production line listed in params.yaml (``lines:``).
 
 validate_inbox → synthesize → build_banks → evaluate → gate → publish → score → report.
-Every task is a thin call into ``exdd.pipeline`` (no detector logic here); only small
+Every task is a thin call into ``exdd.pipeline.nightly`` (no detector logic here); only small
 summaries travel in XCom, artifacts stay in the line's git + DVC workspace. A failed intake
 skips training and a failed gate skips publishing (the step is marked *skipped*, the
 champion stays); scoring with the champion and the report run either way. Tasks that touch
@@ -29,8 +29,8 @@ DAG_PREFIX = "exdd_nightly_"
 
 
 def _step(line: str, name: str, *args: Any) -> Any:
-    """Run ``exdd.pipeline.<name>`` for this task's run; a skipped step skips the task."""
-    from exdd import pipeline
+    """Run ``exdd.pipeline.nightly.<name>`` for this task's run; a skipped step skips the task."""
+    from exdd.pipeline import nightly as pipeline
 
     context = get_current_context()
     run = pipeline.open_run(PARAMS_FILE, line, context["run_id"])

@@ -1,7 +1,7 @@
 """exdd operator review dashboard: what the model flags, the operators' verdicts, the model
 in service. Start it with ``make dashboard`` (scripts/dashboard.sh: 127.0.0.1 only).
 
-A thin Streamlit layer over ``exdd.review`` and ``exdd.registry``; the sidebar (line,
+A thin Streamlit layer over ``exdd.line.review`` and ``exdd.line.registry``; the sidebar (line,
 operator identity) is shared by every page.
 """
 

@@ -18,16 +18,16 @@ from PIL import Image
 
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
-from exdd.pipeline import params_path
-from exdd.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
-from exdd.review import AccessDenied, VerdictStore, authorize, line_config, store_url
+from exdd.pipeline.nightly import params_path
+from exdd.line.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
+from exdd.line.review import AccessDenied, VerdictStore, authorize, line_config, store_url
 
 CONTEXT_KEY = "exdd_context"
 FLASH_KEY = "exdd_flash"
 MASK_TINT = (255, 0, 0)
 MASK_ALPHA = 0.45
-PLOTS_ARTIFACT = "plots"  # run folder where exdd.registry logs its PNG plots
-GATE_REASONS_TAG = "exdd.gate_reasons"  # run tag exdd.registry writes
+PLOTS_ARTIFACT = "plots"  # run folder where exdd.line.registry logs its PNG plots
+GATE_REASONS_TAG = "exdd.gate_reasons"  # run tag exdd.line.registry writes
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class DataConfig(Section):
     """How images are read: the network input size and the mask threshold.
 
     With ``image_height`` / ``image_width`` unset (and no ``preset``) the input keeps the
-    training images' median aspect ratio at ``pixel_budget`` pixels (exdd.geometry); the
+    training images' median aspect ratio at ``pixel_budget`` pixels (exdd.detector.geometry); the
     fitted model stores the size it chose.
     """
 
@@ -116,7 +116,7 @@ IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 
 
 class ProceduralConfig(Section):
-    """Offline defect renderer (exdd.synth.procedural); sizes are fractions of the short side.
+    """Offline defect renderer (exdd.data.synth.procedural); sizes are fractions of the short side.
 
     Each range is (low, high), sampled uniformly per defect.
     """
@@ -201,7 +201,7 @@ class ModelConfig(Section):
                                                    "(at the input size) before taking M_P cells")
     single_bank: bool = False
     scoring: Literal["reference", "calibrated", "weighted"] = Field(
-        "weighted", description="dual rule (exdd.scoring); reference = the paper's")
+        "weighted", description="dual rule (exdd.detector.scoring); reference = the paper's")
     defect_weight: float = Field(
         1.0, ge=0.0, le=4.0, description="weighted rule: d_N x (d_N / (d_N + d_P)) ** this; "
                                          "0 = the normal bank alone")

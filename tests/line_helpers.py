@@ -17,9 +17,9 @@ from mlops_helpers import write_params
 from PIL import Image
 
 from exdd.config import DemoConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
-from exdd.workspace import Workspace, line_params_text
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
+from exdd.line.workspace import Workspace, line_params_text
 
 DEMO = DemoConfig(height=64, width=64, train_normal=20, train_defect=10, test_normal=8,
                   test_defect=8)

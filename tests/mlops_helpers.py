@@ -15,10 +15,10 @@ import numpy as np
 import yaml
 
 from exdd.config import Params, load_params
-from exdd.datasets import Sample, load_samples
-from exdd.datasets.demo import make_demo
-from exdd.model import ExDD
-from exdd.workspace import init_workspace
+from exdd.data.readers import Sample, load_samples
+from exdd.data.demo import make_demo
+from exdd.detector.model import ExDD
+from exdd.line.workspace import init_workspace
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 TINY: dict[str, Any] = {

@@ -3,7 +3,7 @@
 git + DVC workspace (``init_workspace``), two tiny ExDD models fitted on generated demo
 data, each gated and published (MLflow sqlite registry, DVC local remote, git tags), then
 a night's images scored by the champion with the nightly run's own scoring step
-(``exdd.pipeline.score_images``) and the run's outcome JSON beside them.
+(``exdd.pipeline.nightly.score_images``) and the run's outcome JSON beside them.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 import yaml
 
 from exdd.config import load_params
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
-from exdd.gate import run_gate
-from exdd.model import ExDD
-from exdd.pipeline import open_run, score_images
-from exdd.publish import publish
-from exdd.workspace import init_workspace
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
+from exdd.line.gate import run_gate
+from exdd.detector.model import ExDD
+from exdd.pipeline.nightly import open_run, score_images
+from exdd.line.publish import publish
+from exdd.line.workspace import init_workspace
 
 LINE = "demo"
 RUN_ID = "scheduled__2025-03-02T02:00:00+00:00"

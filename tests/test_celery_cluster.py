@@ -28,9 +28,9 @@ import pytest
 import yaml
 from airflow_helpers import BIN, REPO, airflow, airflow_env, make_nightly_line, setup_airflow
 
-from exdd.publish import published_versions
-from exdd.registry import CHAMPION, TAG_HASH, Registry
-from exdd.workspace import Workspace
+from exdd.line.publish import published_versions
+from exdd.line.registry import CHAMPION, TAG_HASH, Registry
+from exdd.line.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

@@ -18,12 +18,12 @@ from mlops_helpers import fit_candidate, training_set
 
 from exdd.cli import main as exdd_main
 from exdd.errors import ModelError
-from exdd.gate import read_gate, run_gate
-from exdd.modelio import model_hash
-from exdd.pipeline import open_run, score_images
-from exdd.publish import publish
-from exdd.registry import CHAMPION, TAG_HASH, Registry
-from exdd.workspace import Workspace
+from exdd.line.gate import read_gate, run_gate
+from exdd.detector.modelio import model_hash
+from exdd.pipeline.nightly import open_run, score_images
+from exdd.line.publish import publish
+from exdd.line.registry import CHAMPION, TAG_HASH, Registry
+from exdd.line.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 from test_ksdd2_download import ksdd2_zip, server  # noqa: F401 (fixture)
 
 from exdd.cli import main
-from exdd.datasets import load_samples
+from exdd.data.readers import load_samples
 
 SMALL_DEMO = """\
 demo:

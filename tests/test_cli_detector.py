@@ -17,7 +17,7 @@ from PIL import Image
 
 from exdd.cli import main
 from exdd.config import DemoConfig
-from exdd.datasets.demo import make_demo
+from exdd.data.demo import make_demo
 
 SMALL = {"data": {"image_height": 64, "image_width": 64},
          "model": {"batch_size": 4, "coreset_normal": 0.1, "coreset_defect": 0.5}}

@@ -9,9 +9,9 @@ import yaml
 
 from exdd.cli import main
 from exdd.config import DemoConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
-from exdd.synth import read_provenance
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
+from exdd.data.synth import read_provenance
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exdd.common import NearestNeighbourIndex, gpu_available
+from exdd.detector.index import NearestNeighbourIndex, gpu_available
 from exdd.config import ModelConfig
 from exdd.errors import ModelError
 

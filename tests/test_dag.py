@@ -24,14 +24,14 @@ import pytest
 from airflow_helpers import BIN, REPO, Line, airflow, airflow_env, make_nightly_line, setup_airflow
 
 from exdd.cli import main as exdd_main
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
-from exdd.batch import SCORE_COLUMNS
-from exdd.gate import METRICS_FILE
-from exdd.modelio import model_hash
-from exdd.publish import PAUSE_ENV, published_versions
-from exdd.registry import CHAMPION, REJECTED, TAG_HASH, Registry, scalar_metrics
-from exdd.workspace import Workspace, drop_into_inbox
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
+from exdd.inference.batch import SCORE_COLUMNS
+from exdd.line.gate import METRICS_FILE
+from exdd.detector.modelio import model_hash
+from exdd.line.publish import PAUSE_ENV, published_versions
+from exdd.line.registry import CHAMPION, REJECTED, TAG_HASH, Registry, scalar_metrics
+from exdd.line.workspace import Workspace, drop_into_inbox
 
 pytestmark = pytest.mark.slow
 

@@ -15,11 +15,11 @@ from PIL import Image
 from review_fixtures import LineFixture, line_copy
 from streamlit.testing.v1 import AppTest
 
-from exdd.batch import write_predictions
+from exdd.inference.batch import write_predictions
 from exdd.config import load_params
-from exdd.model import ExDD
-from exdd.registry import CHAMPION, Registry
-from exdd.review import VerdictStore, inbox_name, line_config
+from exdd.detector.model import ExDD
+from exdd.line.registry import CHAMPION, Registry
+from exdd.line.review import VerdictStore, inbox_name, line_config
 
 APP = Path(__file__).parents[1] / "dashboards" / "app.py"
 TIMEOUT = 120

@@ -21,7 +21,7 @@ from PIL import Image
 from review_fixtures import LineFixture, line_copy
 
 from exdd.config import load_params
-from exdd.review import VerdictStore, inbox_name, line_config
+from exdd.line.review import VerdictStore, inbox_name, line_config
 
 ROOT = Path(__file__).parents[1]
 CHROMIUM = shutil.which("chromium")

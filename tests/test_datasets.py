@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exdd.datasets import load_samples, read_image, read_mask
+from exdd.data.readers import load_samples, read_image, read_mask
 from exdd.errors import DataError
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 
 from exdd.config import DemoConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
 
 SMALL = DemoConfig(height=64, width=48, train_normal=5, train_defect=3, test_normal=4, test_defect=4)
 

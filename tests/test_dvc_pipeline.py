@@ -15,11 +15,11 @@ from mlops_helpers import make_line, write_params
 
 from exdd.cli import main as exdd_main
 from exdd.config import load_params
-from exdd.datasets import load_samples
+from exdd.data.readers import load_samples
 from exdd.errors import ExddError
-from exdd.model import data_fingerprint
-from exdd.modelio import verify
-from exdd.workspace import Workspace, scrub
+from exdd.detector.model import data_fingerprint
+from exdd.detector.modelio import verify
+from exdd.line.workspace import Workspace, scrub
 
 pytestmark = pytest.mark.slow  # a whole pipeline run, one subprocess per stage
 

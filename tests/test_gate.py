@@ -11,15 +11,15 @@ from mlops_helpers import fit_candidate, fit_mislabelled, make_line, training_se
 
 from exdd.cli import main as exdd_main
 from exdd.config import Params
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
 from exdd.errors import ModelError
-from exdd.evaluate import evaluate
-from exdd.gate import GATE_FILE, judge, read_gate, run_gate
-from exdd.model import ExDD, data_fingerprint
-from exdd.modelio import model_hash
-from exdd.publish import publish
-from exdd.registry import CHAMPION, REJECTED, Registry, scalar_metrics, tracking_uri
+from exdd.evaluation.evaluate import evaluate
+from exdd.line.gate import GATE_FILE, judge, read_gate, run_gate
+from exdd.detector.model import ExDD, data_fingerprint
+from exdd.detector.modelio import model_hash
+from exdd.line.publish import publish
+from exdd.line.registry import CHAMPION, REJECTED, Registry, scalar_metrics, tracking_uri
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from PIL import Image
 
 from exdd.cli import main
 from exdd.config import DataConfig, DemoConfig, ModelConfig, load_params
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
 from exdd.errors import ConfigError
-from exdd.geometry import resolve_input_size, with_input_size
-from exdd.model import ExDD
+from exdd.detector.geometry import resolve_input_size, with_input_size
+from exdd.detector.model import ExDD
 
 STRIDE, MIN = 16, 32
 

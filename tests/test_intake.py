@@ -26,10 +26,10 @@ from PIL import Image
 
 from exdd.cli import main
 from exdd.config import load_params
-from exdd.datasets import load_samples, read_mask
-from exdd.intake import validate_inbox
-from exdd.intake.journal import JOURNAL_NAME, KILL_ENV
-from exdd.intake.validate import WORK_DIR
+from exdd.data.readers import load_samples, read_mask
+from exdd.line.intake import validate_inbox
+from exdd.line.intake.journal import JOURNAL_NAME, KILL_ENV
+from exdd.line.intake.validate import WORK_DIR
 
 H, W = 32, 48  # the line's image size (tiny: fast)
 SEED_IMAGES = 3

@@ -1,6 +1,6 @@
 """Operator verdicts come back through intake as label updates, not as duplicates.
 
-The inbox is written by the real review export (``exdd.review.export_pending`` from a
+The inbox is written by the real review export (``exdd.line.review.export_pending`` from a
 real sqlite ``VerdictStore``) for images a real intake accepted; the next intake must move
 their labels and masks into the manifest, keep the old rows in the label history,
 quarantine bad masks, file every inbox file once, and survive a SIGKILL like any batch.
@@ -27,12 +27,12 @@ from test_intake import (
 )
 
 from exdd.config import LineConfig, Params, load_params
-from exdd.datasets import load_samples, read_mask
-from exdd.intake import IntakeResult, validate_inbox
-from exdd.intake.journal import JOURNAL_NAME
-from exdd.intake.manifest import HISTORY_NAME
-from exdd.intake.validate import WORK_DIR
-from exdd.review import VerdictStore, export_pending, new_mask_path, save_mask
+from exdd.data.readers import load_samples, read_mask
+from exdd.line.intake import IntakeResult, validate_inbox
+from exdd.line.intake.journal import JOURNAL_NAME
+from exdd.line.intake.manifest import HISTORY_NAME
+from exdd.line.intake.validate import WORK_DIR
+from exdd.line.review import VerdictStore, export_pending, new_mask_path, save_mask
 
 LINE = LineConfig(name="demo", workspace="ws", inbox="data/inbox", dataset="data/dataset")
 DS_IN_WS = "data/dataset"
@@ -72,7 +72,7 @@ def _first_intake(ws: Path, params: Params) -> IntakeResult:
 
 def export_verdicts(root: Path, params_path: Path) -> Exported:
     """A line workspace whose data set came through intake, and the verdicts on five of
-    its images (plus one image from outside it) exported into its inbox by exdd.review."""
+    its images (plus one image from outside it) exported into its inbox by exdd.line.review."""
     ws = root / "ws"
     params = load_params(params_path)
     first = _first_intake(ws, params)

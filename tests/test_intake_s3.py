@@ -12,8 +12,8 @@ import pytest
 from test_intake import H, W, files_in, make_inbox, save, seed_dataset, texture
 
 from exdd.config import IntakeConfig
-from exdd.datasets import load_samples
-from exdd.intake import validate_inbox
+from exdd.data.readers import load_samples
+from exdd.line.intake import validate_inbox
 
 BUCKET = "line-inbox"
 PREFIX = "line1/2026-11-29"

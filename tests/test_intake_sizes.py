@@ -17,8 +17,8 @@ from line_helpers import distinct_sizes
 from test_intake import H, W, save, seed_dataset, texture
 
 from exdd.config import IntakeConfig
-from exdd.datasets import load_samples
-from exdd.intake import validate_inbox
+from exdd.data.readers import load_samples
+from exdd.line.intake import validate_inbox
 
 
 def deliver(inbox: Path, sizes: list[tuple[int, int]], prefix: str) -> list[str]:

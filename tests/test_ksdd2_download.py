@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exdd.datasets import load_samples
-from exdd.datasets.ksdd2_download import download_ksdd2
+from exdd.data.readers import load_samples
+from exdd.data.ksdd2 import download_ksdd2
 from exdd.errors import DataError
 
 
@@ -128,7 +128,7 @@ def test_replaces_a_ksdd2_layout_from_another_source(server, tmp_path: Path) -> 
 def test_resumes_a_broken_transfer_without_checksum(server, tmp_path: Path, caplog) -> None:
     server.files["/k.zip"] = ksdd2_zip()
     server.cut.add("/k.zip")
-    with caplog.at_level(logging.WARNING, logger="exdd.datasets.ksdd2_download"):
+    with caplog.at_level(logging.WARNING, logger="exdd.data.ksdd2"):
         out = download_ksdd2(tmp_path / "d", server.url + "/k.zip", sha256=None, timeout=10)
     assert not server.cut  # the first response really was broken off ...
     assert "resuming" in caplog.text  # ... and continued with a Range request

@@ -21,11 +21,11 @@ from test_ksdd2_download import ksdd2_zip, server  # noqa: F401 (fixture)
 
 from exdd.cli import main
 from exdd.config import GateConfig, load_params
-from exdd.datasets import load_samples
-from exdd.gate import benchmark_samples
-from exdd.intake.release import RELEASES_NAME, list_quarantine
-from exdd.registry import CHAMPION, Registry
-from exdd.workspace import Workspace, drop_into_inbox
+from exdd.data.readers import load_samples
+from exdd.line.gate import benchmark_samples
+from exdd.line.intake.release import RELEASES_NAME, list_quarantine
+from exdd.line.registry import CHAMPION, Registry
+from exdd.line.workspace import Workspace, drop_into_inbox
 
 pytestmark = pytest.mark.slow
 

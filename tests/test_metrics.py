@@ -8,7 +8,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from exdd.errors import DataError
-from exdd.metrics import (
+from exdd.evaluation.metrics import (
     AUPRO_FPR_LIMIT,
     CURVE_POINTS,
     REGION_STRUCTURE,

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from exdd.config import DataConfig, DemoConfig, ModelConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
 from exdd.errors import DataError, ModelError
-from exdd.evaluate import evaluate
-from exdd.model import ExDD
-from exdd.modelio import model_hash
+from exdd.evaluation.evaluate import evaluate
+from exdd.detector.model import ExDD
+from exdd.detector.modelio import model_hash
 
 DATA = DataConfig(image_height=64, image_width=64)
 MODEL = ModelConfig(batch_size=4, coreset_normal=0.1, coreset_defect=0.5)

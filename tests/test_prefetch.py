@@ -9,7 +9,7 @@ import pytest
 
 import time
 
-from exdd.prefetch import ordered_map, prefetched
+from exdd.detector.prefetch import ordered_map, prefetched
 
 
 def test_yields_every_item_in_order() -> None:

@@ -21,11 +21,11 @@ from mlops_helpers import (
 
 from exdd.cli import main as exdd_main
 from exdd.errors import ExddError, ModelError
-from exdd.gate import run_gate
-from exdd.modelio import model_hash
-from exdd.publish import PROBE_FILE, publish, published_versions
-from exdd.registry import CHAMPION, REJECTED, Registry, tracking_uri
-from exdd.workspace import Workspace
+from exdd.line.gate import run_gate
+from exdd.detector.modelio import model_hash
+from exdd.line.publish import PROBE_FILE, publish, published_versions
+from exdd.line.registry import CHAMPION, REJECTED, Registry, tracking_uri
+from exdd.line.workspace import Workspace
 
 BUCKET = "exdd-models"
 

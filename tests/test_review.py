@@ -1,4 +1,4 @@
-"""exdd.review: queue loading, the append-only verdict store, masks, inbox export, access."""
+"""exdd.line.review: queue loading, the append-only verdict store, masks, inbox export, access."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from exdd.config import LineConfig, Params, params_from_dict
 from exdd.errors import ConfigError, DataError
-from exdd.review import (
+from exdd.line.review import (
     AccessDenied,
     VerdictStore,
     authorize,
@@ -31,7 +31,7 @@ from exdd.review import (
     new_mask_path,
     save_mask,
 )
-from exdd.visualize import overlay, save_overlay
+from exdd.inference.overlays import overlay, save_overlay
 
 PARAMS = Params()
 CFG = PARAMS.review
@@ -161,7 +161,7 @@ def test_bad_db_url_is_a_config_error_without_password(tmp_path: Path) -> None:
 def test_heatmap_region_recovered_from_overlay(tmp_path: Path) -> None:
     # The image is 80x120 on disk, the overlay (model input size) 48x64, as predict writes.
     image = _png(tmp_path / "img.png", np.stack([_surface(3, 120, 80)] * 3, axis=2))
-    from exdd.datasets import read_image
+    from exdd.data.readers import read_image
 
     heat = _blob(64, 48, 20, 30, 7)
     rgb = read_image(image, 64, 48)

@@ -18,12 +18,12 @@ from mlops_helpers import (
 
 from exdd.cli import main as exdd_main
 from exdd.errors import ConfigError, ModelError
-from exdd.gate import run_gate
-from exdd.modelio import model_hash
-from exdd.publish import PROBE_FILE, publish
-from exdd.registry import CHAMPION, Registry
-from exdd.rollback import rollback
-from exdd.workspace import Workspace
+from exdd.line.gate import run_gate
+from exdd.detector.modelio import model_hash
+from exdd.line.publish import PROBE_FILE, publish
+from exdd.line.registry import CHAMPION, Registry
+from exdd.line.rollback import rollback
+from exdd.line.workspace import Workspace
 
 BUCKET = "exdd-rollback"
 

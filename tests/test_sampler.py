@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 
 from exdd.config import ModelConfig
 from exdd.errors import DataError
-from exdd.sampler import GreedyCoresetSampler, coverage_radius, pca_sketch
+from exdd.detector.sampler import GreedyCoresetSampler, coverage_radius, pca_sketch
 
 RADIUS_TOLERANCE = 1.05  # the sampler's coverage radius may exceed exact greedy's by 5%
 

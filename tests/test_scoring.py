@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from exdd.common import NearestNeighbourIndex
+from exdd.detector.index import NearestNeighbourIndex
 from exdd.config import ModelConfig
-from exdd.scoring import Bank, MapUpsampler, Scorer, top_k_mean
+from exdd.detector.scoring import Bank, MapUpsampler, Scorer, top_k_mean
 
 
 def upsample_then_smooth(patch_map: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:

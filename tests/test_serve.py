@@ -29,11 +29,11 @@ from serve_helpers import (
 )
 
 import exdd
-from exdd.gate import run_gate
-from exdd.modelio import model_hash
-from exdd.publish import publish
-from exdd.registry import tracking_uri
-from exdd.rollback import rollback
+from exdd.line.gate import run_gate
+from exdd.detector.modelio import model_hash
+from exdd.line.publish import publish
+from exdd.line.registry import tracking_uri
+from exdd.line.rollback import rollback
 
 SERVE = {"poll_interval_s": 0.5, "max_body_bytes": 200_000, "max_images": 4,
          "max_pixels": 1_000_000}

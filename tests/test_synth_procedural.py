@@ -11,11 +11,11 @@ from PIL import Image
 from scipy.ndimage import binary_erosion, gaussian_filter
 
 from exdd.config import DataConfig, DemoConfig, ProceduralConfig, SynthConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
 from exdd.errors import DataError
-from exdd.synth import PROVENANCE_FILE, read_provenance, regenerate, synthesize
-from exdd.synth.procedural import render_defects
+from exdd.data.synth import PROVENANCE_FILE, read_provenance, regenerate, synthesize
+from exdd.data.synth.procedural import render_defects
 
 KINDS = ["scratch", "spot", "blotch", "pit"]
 

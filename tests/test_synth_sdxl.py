@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from exdd.config import DataConfig, DemoConfig, SynthConfig
-from exdd.datasets import load_samples
-from exdd.datasets.demo import make_demo
+from exdd.data.readers import load_samples
+from exdd.data.demo import make_demo
 from exdd.errors import DataError, ModelError
-from exdd.synth import read_provenance, regenerate, synthesize
+from exdd.data.synth import read_provenance, regenerate, synthesize
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

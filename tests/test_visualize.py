@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from exdd.errors import DataError
-from exdd.metrics import image_metrics
-from exdd.visualize import overlay, overlay_grid, plot_roc_pr, save_overlay
+from exdd.evaluation.metrics import image_metrics
+from exdd.inference.overlays import overlay, overlay_grid, plot_roc_pr, save_overlay
 
 
 def _image(h: int = 40, w: int = 24) -> np.ndarray:

@@ -10,10 +10,10 @@ from typing import Any
 import streamlit as st
 
 import ui
-from exdd.champion import read_pin
+from exdd.line.champion import read_pin
 from exdd.errors import ExddError
-from exdd.registry import CHAMPION, REJECTED, TAG_GATE, TAG_GIT, TAG_HASH
-from exdd.review import list_outcomes, read_audit
+from exdd.line.registry import CHAMPION, REJECTED, TAG_GATE, TAG_GIT, TAG_HASH
+from exdd.line.review import list_outcomes, read_audit
 
 CONFIRM_KEY = "exdd_confirm_rollback"
 HEADLINE = ("image_auroc", "pixel_auroc", "aupro")
@@ -84,7 +84,7 @@ def rollback_form(ctx: ui.LineContext, versions: list[Any], champion: Any) -> No
     yes, no = st.columns(2)
     if yes.button(f"Confirm rollback to v{target}", type="primary", key="rollback_confirm",
                   disabled=ctx.operator is None):
-        from exdd.rollback import rollback
+        from exdd.line.rollback import rollback
 
         try:
             done = rollback(str(target), ctx.params, ctx.workspace, reason.strip(),
@@ -108,7 +108,7 @@ def pin_panel(ctx: ui.LineContext, pin: Any) -> None:
                            key="unpin_reason")
     if st.button("Unpin: let nightly runs publish again", key="unpin",
                  disabled=ctx.operator is None or not reason.strip()):
-        from exdd.champion import unpin
+        from exdd.line.champion import unpin
 
         try:
             unpin(ctx.params, ctx.workspace, ctx.operator or "", reason.strip())

@@ -13,7 +13,7 @@ import streamlit as st
 
 import ui
 from exdd.errors import DataError, ExddError
-from exdd.review import (
+from exdd.line.review import (
     STATUSES,
     UNREVIEWED,
     VERDICTS,

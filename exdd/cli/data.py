@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from exdd.config import load_params
-from exdd.datasets import SPLITS, load_samples
-from exdd.datasets.ksdd2_download import (
+from exdd.data.readers import SPLITS, load_samples
+from exdd.data.ksdd2 import (
     ARCHIVE_SHA256,
     DOWNLOAD_TIMEOUT_S,
     PUBLISHER_URL,
@@ -26,7 +26,7 @@ def _ksdd2(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from exdd.datasets.demo import make_demo
+    from exdd.data.demo import make_demo
 
     out = Path(args.out)
     refuse_foreign(out)

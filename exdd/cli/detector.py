@@ -13,16 +13,16 @@ import tempfile
 from pathlib import Path
 
 from exdd.config import load_params
-from exdd.datasets import IMAGE_SUFFIXES, load_samples
+from exdd.data.readers import IMAGE_SUFFIXES, load_samples
 from exdd.errors import DataError
 from exdd.fsutil import write_text_atomic
-from exdd.geometry import with_input_size
+from exdd.detector.geometry import with_input_size
 
 METRICS_FILE = "metrics.json"
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from exdd.model import ExDD
+    from exdd.detector.model import ExDD
 
     params = load_params(args.config)
     updates: dict[str, object] = {}
@@ -47,9 +47,9 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from exdd.evaluate import evaluate
-    from exdd.model import ExDD, data_fingerprint
-    from exdd.modelio import write_annotation
+    from exdd.evaluation.evaluate import evaluate
+    from exdd.detector.model import ExDD, data_fingerprint
+    from exdd.detector.modelio import write_annotation
 
     model = ExDD.load(args.model)
     test = load_samples(args.data, "test")
@@ -60,7 +60,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         write_text_atomic(args.json, text)
     write_annotation(args.model, METRICS_FILE, metrics)
     if args.plots:
-        from exdd.visualize import plot_roc_pr
+        from exdd.inference.overlays import plot_roc_pr
 
         Path(args.plots).mkdir(parents=True, exist_ok=True)
         plot_roc_pr(metrics, Path(args.plots) / "roc_pr.png")
@@ -97,11 +97,11 @@ def report_unreadable(failed: list) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from exdd.batch import write_predictions
-    from exdd.champion import is_models_uri, load_models_uri, model_threshold
+    from exdd.inference.batch import write_predictions
+    from exdd.line.champion import is_models_uri, load_models_uri, model_threshold
     from exdd.config import Params
-    from exdd.model import ExDD
-    from exdd.modelio import model_hash
+    from exdd.detector.model import ExDD
+    from exdd.detector.modelio import model_hash
 
     paths = collect_images(args.inputs)
     with tempfile.TemporaryDirectory(prefix="exdd-predict-") as tmp:

@@ -1,10 +1,10 @@
-"""``exdd validate`` and ``exdd quarantine list|release``: line-data intake (``exdd.intake``).
+"""``exdd validate`` and ``exdd quarantine list|release``: line-data intake (``exdd.line.intake``).
 
 ``validate`` exits 0 when the batch passed, 1 when it failed (the pipeline must stop before
 training; the batch is held in quarantine), 2 on bad input (an ``ExddError``).
 ``quarantine`` works on a line's data set (``--line``, ``--params``): ``list`` shows what
 is held and why, ``release`` re-validates held files through the same suite
-(``exdd.intake.release``) and commits the data set's new state in the line's workspace.
+(``exdd.line.intake.release``) and commits the data set's new state in the line's workspace.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_validate(args: argparse.Namespace) -> int:
     from exdd.config import load_params
-    from exdd.intake import validate_inbox
+    from exdd.line.intake import validate_inbox
 
     params = load_params(args.config)
     result = validate_inbox(args.inbox, args.dataset, args.report, params.intake, params.data)
@@ -86,8 +86,8 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from exdd.intake.release import list_quarantine
-    from exdd.pipeline import open_run
+    from exdd.line.intake.release import list_quarantine
+    from exdd.pipeline.nightly import open_run
 
     run = open_run(args.params, args.line, "quarantine")
     held = list_quarantine(run.dataset, args.batch)
@@ -104,9 +104,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from exdd.intake.release import release
-    from exdd.pipeline import commit_lock, open_run, record_stages
-    from exdd.publish import current_user
+    from exdd.line.intake.release import release
+    from exdd.pipeline.nightly import commit_lock, open_run, record_stages
+    from exdd.line.publish import current_user
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     run = open_run(args.params, args.line, f"release__{stamp}")

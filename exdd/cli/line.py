@@ -1,4 +1,4 @@
-"""``exdd line add`` and ``exdd line feed``: a labelled data set becomes a line (``exdd.line``)."""
+"""``exdd line add`` and ``exdd line feed``: a labelled data set becomes a line (``exdd.pipeline.onboarding``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from exdd.cli.pipeline import params_argument
 
 
 def _add(args: argparse.Namespace) -> int:
-    from exdd.line import add_line
-    from exdd.pipeline import params_path
+    from exdd.pipeline.onboarding import add_line
+    from exdd.pipeline.nightly import params_path
 
     done = add_line(args.name, args.data, params_path(args.params), args.workspace,
                     args.batches, args.remote)
@@ -28,7 +28,7 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _feed(args: argparse.Namespace) -> int:
-    from exdd.line import feed_line
+    from exdd.pipeline.onboarding import feed_line
 
     inbox, moved, left = feed_line(args.params, args.name)
     print(f"{moved} image(s) of the next batch moved into {inbox}; {left} batch(es) still staged")

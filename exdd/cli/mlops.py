@@ -31,7 +31,7 @@ def _context(args: argparse.Namespace) -> tuple[Params, Path]:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from exdd.gate import run_gate
+    from exdd.line.gate import run_gate
 
     params, repo = _context(args)
     benchmark = Path(args.benchmark) if args.benchmark else repo / params.gate.benchmark
@@ -46,7 +46,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from exdd.publish import publish
+    from exdd.line.publish import publish
 
     params, repo = _context(args)
     done = publish(Path(args.model), params, repo)
@@ -56,8 +56,8 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from exdd.publish import current_user
-    from exdd.rollback import rollback
+    from exdd.line.publish import current_user
+    from exdd.line.rollback import rollback
 
     params, repo = _context(args)
     done = rollback(args.to, params, repo, args.reason, args.who or current_user())
@@ -72,8 +72,8 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _unpin(args: argparse.Namespace) -> int:
-    from exdd.champion import unpin
-    from exdd.publish import current_user
+    from exdd.line.champion import unpin
+    from exdd.line.publish import current_user
 
     params, repo = _context(args)
     pin = unpin(params, repo, args.who or current_user(), args.reason)
@@ -86,8 +86,8 @@ def _models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from exdd.champion import read_pin
-    from exdd.registry import (
+    from exdd.line.champion import read_pin
+    from exdd.line.registry import (
         TAG_GATE, TAG_GIT, TAG_HASH, Registry, redact, registry_exists, tracking_uri,
     )
 
@@ -130,7 +130,7 @@ def _figure(text: str | None) -> str:
 
 
 def _workspace_init(args: argparse.Namespace) -> int:
-    from exdd.workspace import init_workspace
+    from exdd.line.workspace import init_workspace
 
     ws = init_workspace(Path(args.dir), args.config, args.remote, demo=not args.no_demo)
     print(f"workspace ready in {ws.root}: run `dvc repro` there, then `exdd gate` and "
@@ -141,7 +141,7 @@ def _workspace_init(args: argparse.Namespace) -> int:
 def _curves(args: argparse.Namespace) -> int:
     import json
 
-    from exdd.curves import write_curves
+    from exdd.evaluation.curves import write_curves
 
     metrics_file = Path(args.metrics)
     try:

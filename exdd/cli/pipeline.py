@@ -1,6 +1,6 @@
 """``exdd nightly | score-batch | outcomes | lines | drop-demo``: lines without Airflow.
 
-``exdd nightly --line NAME`` runs the very steps the line's DAG runs (``exdd.pipeline``),
+``exdd nightly --line NAME`` runs the very steps the line's DAG runs (``exdd.pipeline.nightly``),
 in one process; ``score-batch`` scores images with the line's champion into the review
 folder; ``outcomes`` prints the latest runs' outcomes; ``lines`` lists the configured lines
 (workspace, Airflow pool, schedule: for set-up scripts); ``drop-demo`` delivers a night of
@@ -26,7 +26,7 @@ def _run_id(args: argparse.Namespace) -> str:
 
 
 def _nightly(args: argparse.Namespace) -> int:
-    from exdd.pipeline import open_run, run_nightly, summary
+    from exdd.pipeline.nightly import open_run, run_nightly, summary
 
     run = open_run(args.params, args.line, _run_id(args))
     outcome = run_nightly(run)
@@ -37,7 +37,7 @@ def _nightly(args: argparse.Namespace) -> int:
 
 def _score_batch(args: argparse.Namespace) -> int:
     from exdd.cli.detector import collect_images, report_unreadable
-    from exdd.pipeline import open_run, score_images
+    from exdd.pipeline.nightly import open_run, score_images
 
     run = open_run(args.params, args.line, _run_id(args))
     scored = score_images(run, collect_images(args.inputs))
@@ -51,8 +51,8 @@ def _score_batch(args: argparse.Namespace) -> int:
 
 def _outcomes(args: argparse.Namespace) -> int:
     from exdd.config import load_params
-    from exdd.pipeline import params_path, summary
-    from exdd.review import line_config, list_outcomes
+    from exdd.pipeline.nightly import params_path, summary
+    from exdd.line.review import line_config, list_outcomes
 
     source = params_path(args.params)
     line = line_config(load_params(source), args.line)
@@ -68,7 +68,7 @@ LINE_FIELDS = ("name", "workspace", "pool", "schedule", "queue")
 
 def _lines(args: argparse.Namespace) -> int:
     from exdd.config import load_params
-    from exdd.pipeline import params_path
+    from exdd.pipeline.nightly import params_path
 
     source = params_path(args.params)
     lines = [line for line in load_params(source).lines if args.line in (None, line.name)]
@@ -86,11 +86,11 @@ def _lines(args: argparse.Namespace) -> int:
 def _drop_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from exdd.datasets import load_samples
-    from exdd.datasets.demo import make_demo
-    from exdd.pipeline import open_run
+    from exdd.data.readers import load_samples
+    from exdd.data.demo import make_demo
+    from exdd.pipeline.nightly import open_run
     from exdd.storage import is_s3_uri
-    from exdd.workspace import drop_into_inbox
+    from exdd.line.workspace import drop_into_inbox
 
     run = open_run(args.params, args.line, "drop-demo")
     if is_s3_uri(run.line.inbox):

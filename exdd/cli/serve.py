@@ -27,8 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from exdd.config import load_params
-    from exdd.pipeline import line_settings, params_path
-    from exdd.registry import Registry
+    from exdd.pipeline.nightly import line_settings, params_path
+    from exdd.line.registry import Registry
     from exdd.serving.app import create_app
 
     cfg = load_params(params_path(args.params)).serve

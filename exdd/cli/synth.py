@@ -8,7 +8,7 @@ from exdd.config import load_params
 
 
 def _synthesize(args: argparse.Namespace) -> int:
-    from exdd.synth import PROVENANCE_FILE, synthesize
+    from exdd.data.synth import PROVENANCE_FILE, synthesize
 
     params = load_params(args.config)
     cfg = params.synth

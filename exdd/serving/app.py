@@ -31,11 +31,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from exdd.config import ServeConfig
 from exdd.serving.batcher import Batcher, Scored
 from exdd.serving.follower import ChampionFollower, ServedModel
-from exdd.serving.images import BAD_REQUEST, TOO_LARGE, ImageError, check_image
-from exdd.visualize import overlay
+from exdd.inference.encoded import BAD_REQUEST, TOO_LARGE, ImageError, check_image
+from exdd.inference.overlays import overlay
 
 if TYPE_CHECKING:
-    from exdd.registry import Registry
+    from exdd.line.registry import Registry
 
 log = logging.getLogger(__name__)
 UNAUTHORIZED, UNAVAILABLE = 401, 503

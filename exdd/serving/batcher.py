@@ -22,7 +22,7 @@ import numpy as np
 
 from exdd.errors import ModelError
 from exdd.serving.follower import ServedModel
-from exdd.serving.images import score_bytes
+from exdd.inference.encoded import score_bytes
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from exdd.errors import ExddError, ModelError
 
 if TYPE_CHECKING:
-    from exdd.model import ExDD
-    from exdd.registry import Registry
+    from exdd.detector.model import ExDD
+    from exdd.line.registry import Registry
 
 log = logging.getLogger(__name__)
 WARMUP_SIZE = (8, 8)  # a tiny blank image: loads the backbone and builds the search index
@@ -53,7 +53,7 @@ class ChampionFollower:
 
     def poll(self) -> bool:
         """Serve the version the alias names now; True when it changed."""
-        from exdd.registry import CHAMPION
+        from exdd.line.registry import CHAMPION
 
         version = self.registry.alias(CHAMPION)
         if version is None or (self.current and self.current.version == int(version.version)):
@@ -66,10 +66,10 @@ class ChampionFollower:
         return True
 
     def _load(self, version: Any) -> ServedModel:
-        from exdd.model import ExDD
-        from exdd.modelio import model_hash
-        from exdd.registry import TAG_HASH
-        from exdd.serving.images import score_bytes
+        from exdd.detector.model import ExDD
+        from exdd.detector.modelio import model_hash
+        from exdd.line.registry import TAG_HASH
+        from exdd.inference.encoded import score_bytes
 
         with tempfile.TemporaryDirectory(prefix="exdd-serve-model-") as tmp:
             local = self.registry.download_model_dir(version, Path(tmp))

@@ -1,0 +1,90 @@
+"""Batch scoring into a folder: ``scores.csv`` plus one heatmap overlay per image.
+
+``exdd predict`` and the nightly run's review output share this one writer, so the
+dashboard and a person at the command line read the same format.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exdd.errors import DataError
+from exdd.fsutil import atomic_dir
+
+if TYPE_CHECKING:  # the model pulls in torch: only the scoring itself needs it
+    from exdd.detector.model import ExDD
+
+SCORES_FILE = "scores.csv"
+OVERLAYS_DIR = "overlays"
+# ``error``: why an image could not be scored (its score, flag and overlay are empty).
+SCORE_COLUMNS = ("image", "score", "flag", "threshold", "model_version", "overlay", "error")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch gave: how many images were scored and flagged, which were unreadable."""
+
+    n_scored: int
+    n_flagged: int
+    failed: list[tuple[Path, str]]  # (image, why it could not be read)
+
+
+def split_readable(images: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images that decode, and (image, reason) for those that do not: one bad file
+    must not cost the batch."""
+    from exdd.data.readers import open_image
+
+    good, failed = [], []
+    for path in images:
+        try:
+            open_image(path)
+        except DataError as err:
+            failed.append((path, str(err).removeprefix(f"{path}: ")))
+        else:
+            good.append(path)
+    return good, failed
+
+
+def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: float | None,
+                      model_version: str | int = "", relative_to: Path | None = None
+                      ) -> BatchResult:
+    """Score the readable ``images`` into ``out`` atomically; unreadable ones get a row
+    with the reason instead of a score. All unreadable is a DataError.
+
+    Overlays keep each image's own shape and share one colour scale across the batch so
+    that heat is comparable between images; ``flag`` is empty when no threshold is known.
+    """
+    from exdd.data.readers import read_image
+    from exdd.inference.overlays import save_overlay
+
+    good, failed = split_readable(images)
+    if not good:
+        path, why = failed[0]
+        raise DataError(f"none of the {len(images)} image(s) could be read; {path}: {why}")
+    pred = model.predict(good)
+    vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
+    limit = "" if threshold is None else threshold
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(SCORE_COLUMNS)
+
+    def name(path: Path) -> str:
+        return os.path.relpath(path, relative_to) if relative_to else str(path)
+
+    with atomic_dir(out) as staging:
+        for i, (path, score, amap) in enumerate(zip(good, pred.scores, pred.maps)):
+            overlay = f"{OVERLAYS_DIR}/{i:05d}_{path.stem}.png"
+            save_overlay(staging / overlay, read_image(path), amap, vmin, vmax)
+            flag = "" if threshold is None else int(score >= threshold)
+            writer.writerow([name(path), repr(float(score)), flag, limit, model_version,
+                             overlay, ""])
+        for path, why in failed:
+            writer.writerow([name(path), "", "", limit, model_version, "", why])
+        (staging / SCORES_FILE).write_text(rows.getvalue())
+    flagged = 0 if threshold is None else int((pred.scores >= threshold).sum())
+    return BatchResult(len(good), flagged, failed)
