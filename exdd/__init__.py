@@ -1,7 +1,8 @@
-"""exdd: explicit dual-distribution surface-defect detection (ExDD, arXiv 2507.15335)."""
+"""exdd: explicit dual-distribution surface-defect detection (ExDD, arXiv 2507.15335).
 
-from exdd import runtime
-
-runtime.configure()  # before torch or faiss start: see exdd/runtime.py
+Importing exdd changes no process-wide setting: the CPU tuning of ``exdd.runtime`` is
+applied by the entry points (the ``exdd`` command, the Airflow tasks, the MLflow pyfunc,
+the benchmarks), where it is measured.
+"""
 
 __version__ = "0.1.0"

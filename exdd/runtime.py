@@ -1,7 +1,9 @@
 """Process-wide settings that decide how fast torch and faiss run on a CPU.
 
-They must take effect before torch or faiss start, so ``exdd/__init__.py`` applies them on
-import; each one leaves a user's own choice (an environment variable) alone.
+They must take effect before torch or faiss start, so each entry point calls
+:func:`configure` first (``exdd.cli.main``, the DAG's tasks, the pyfunc's ``load_context``,
+``bench/``); ``import exdd`` alone changes nothing. Each one leaves a user's own choice (an
+environment variable) alone.
 
 - OpenMP waiting: torch and faiss each bring their own OpenMP runtime. With the default
   active waiting, the idle threads of one spin on the cores the other is computing on
@@ -58,5 +60,6 @@ def configure_malloc() -> bool:
 
 
 def configure() -> None:
+    """Apply both settings; call before torch or faiss is imported."""
     configure_openmp()
     configure_malloc()

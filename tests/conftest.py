@@ -1,8 +1,16 @@
-"""Shared fixtures: a real S3 server on loopback (see ``s3server.py``)."""
+"""Shared fixtures: a real S3 server on loopback (see ``s3server.py``).
+
+The test process is an entry point like the ``exdd`` command: it applies exdd's CPU tuning
+(``exdd.runtime``) before any test imports torch.
+"""
 
 from __future__ import annotations
 
 import pytest
+
+from exdd import runtime
+
+runtime.configure()
 from s3server import S3Server, S3ServerError
 
 

@@ -1,4 +1,5 @@
-"""Process settings applied on ``import exdd``: freed tensors' memory is reused, not refaulted."""
+"""Process settings applied by exdd's entry points (never by ``import exdd``): freed tensors'
+memory is reused, not refaulted; OpenMP threads wait passively."""
 
 from __future__ import annotations
 
@@ -45,11 +46,25 @@ def test_freed_blocks_are_reused_without_page_faults() -> None:
     assert tuned <= 3 * pages               # the first block faults in; the rest reuse it
 
 
-def test_openmp_wait_policy_is_passive_unless_set() -> None:
-    code = "import exdd, os; print(os.environ['OMP_WAIT_POLICY'])"
+def _env_after(code: str, **env_extra: str) -> str:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip() == "ACTIVE"
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_openmp_wait_policy_is_passive_unless_set() -> None:
+    code = ("from exdd import runtime; import os; runtime.configure(); "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    assert _env_after(code) == "PASSIVE"
+    assert _env_after(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_import_exdd_changes_nothing_but_the_command_applies_the_settings() -> None:
+    plain = "import exdd, os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    assert _env_after(plain) == "unset"
+    command = ("import os, contextlib, io\nfrom exdd.cli import main\n"
+               "with contextlib.redirect_stdout(io.StringIO()):\n"
+               "    try:\n        main(['--version'])\n    except SystemExit:\n        pass\n"
+               "print(os.environ.get('OMP_WAIT_POLICY', 'unset'))")
+    assert _env_after(command) == "PASSIVE"

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from exdd import __version__
+from exdd import __version__, runtime
 from exdd.errors import ExddError
 
 # Each module defines ``register(subparsers)``; its sub-commands set ``func(args) -> int``.
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    runtime.configure()  # before any command imports torch or faiss
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

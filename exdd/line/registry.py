@@ -10,8 +10,10 @@ sqlite path lives in the line workspace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +22,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import is_tracking_uri_set
 
 from exdd.config import Params, PublishConfig, expand_env
 from exdd.errors import ExddError
@@ -85,6 +88,19 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``start_run``, ``pyfunc.log_model``), which only knows the
+    process-wide tracking URI, at ``uri`` for the block; the process's own setting (or its
+    absence) is put back after, so a registry changes nothing for the rest of the process."""
+    before = mlflow.get_tracking_uri() if is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
 class Registry:
     """The MLflow tracking server and model registry of one line."""
 
@@ -93,8 +109,6 @@ class Registry:
         self.repo = Path(repo).resolve()
         self.name = model_name(params)
         self.uri = tracking_uri(params.publish, self.repo)
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def _fail(self, what: str, err: Exception) -> ExddError:
@@ -130,7 +144,9 @@ class Registry:
             plot_roc_pr(metrics, work / "roc_pr.png")
             overlay_grid(*overlays, work / "overlays.png")
             run_name = f"{line}-{decision['model_hash'][:12]}"
-            with mlflow.start_run(experiment_id=self.experiment_id(), run_name=run_name) as run:
+            experiment = self.experiment_id()
+            with fluent_store(self.uri), mlflow.start_run(experiment_id=experiment,
+                                                          run_name=run_name) as run:
                 mlflow.log_params({
                     **_flatten("model", meta["model"]), **_flatten("data", meta["data"]),
                     **_flatten("data_hash", meta.get("data_hashes", {})),
@@ -170,8 +186,9 @@ class Registry:
         try:
             if existing is None:
                 self._ensure_registered_model()
-                version = self.client.create_model_version(
-                    self.name, model_uri, run_id=run_id, tags={TAG_HASH: model_hash, **tags})
+                with fluent_store(self.uri):  # a ``models:/m-...`` source resolves through it
+                    version = self.client.create_model_version(
+                        self.name, model_uri, run_id=run_id, tags={TAG_HASH: model_hash, **tags})
                 return int(version.version)
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"registering {self.name}", err) from err
@@ -268,7 +285,8 @@ class Registry:
             # source would be resolved through mlflow's process-global store instead.
             root = self.client.get_model_version_download_uri(self.name, str(version.version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{root}/{MODEL_DIR_PATH}", dst_path=str(dest))
+                artifact_uri=f"{root}/{MODEL_DIR_PATH}", dst_path=str(dest),
+                tracking_uri=self.uri)
         except Exception as err:  # noqa: BLE001
             raise self._fail(f"downloading version {version.version}", err) from err
         return Path(local)
