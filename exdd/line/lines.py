@@ -16,6 +16,7 @@ from pathlib import Path
 
 from exdd.config import PARAMS_ENV, LineConfig, Params, load_params
 from exdd.errors import ConfigError
+from exdd.storage import is_s3_uri
 
 PARAMS_FILE = "params.yaml"  # the platform's default params file, and every workspace's own
 
@@ -57,3 +58,8 @@ def open_line(params_file: str | os.PathLike[str] | None, name: str) -> Line:
     params = load_params(own)
     params.publish.line = config.name
     return Line(config, workspace, params)
+
+
+def inbox_uri(config: LineConfig, workspace: Path) -> str:
+    """The line's inbox: its ``s3://`` URI as configured, else its folder in the workspace."""
+    return config.inbox if is_s3_uri(config.inbox) else str(workspace / config.inbox)
