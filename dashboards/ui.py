@@ -20,7 +20,8 @@ from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
 from exdd.line.lines import open_line, platform_file
 from exdd.line.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
-from exdd.line.review import AccessDenied, VerdictStore, authorize, store_url
+from exdd.line.review.auth import AccessDenied, authorize
+from exdd.line.review.verdicts import VerdictStore, store_url
 
 CONTEXT_KEY = "exdd_context"
 FLASH_KEY = "exdd_flash"

@@ -51,7 +51,7 @@ def _score_batch(args: argparse.Namespace) -> int:
 
 def _outcomes(args: argparse.Namespace) -> int:
     from exdd.line.lines import open_line
-    from exdd.line.review import list_outcomes
+    from exdd.line.review.queue import list_outcomes
     from exdd.pipeline.nightly import summary
 
     line = open_line(args.params, args.line)
