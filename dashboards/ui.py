@@ -18,9 +18,10 @@ from PIL import Image
 
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
-from exdd.pipeline.nightly import params_path
+from exdd.line.lines import open_line, platform_file
 from exdd.line.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
-from exdd.line.review import AccessDenied, VerdictStore, authorize, line_config, store_url
+from exdd.line.review.auth import AccessDenied, authorize
+from exdd.line.review.verdicts import VerdictStore, store_url
 
 CONTEXT_KEY = "exdd_context"
 FLASH_KEY = "exdd_flash"
@@ -46,17 +47,6 @@ def fail(err: Exception) -> NoReturn:
     st.stop()
 
 
-def _line_params(line: LineConfig, workspace: Path) -> Params:
-    """The line's own settings: its workspace's params.yaml, as the nightly run reads them."""
-    own = workspace / "params.yaml"
-    if not own.is_file():
-        raise ConfigError(f"{workspace}: line {line.name!r} has no workspace there (no "
-                          f"params.yaml); create it with `exdd workspace init {workspace}`")
-    params = load_params(own)
-    return params.model_copy(update={"publish": params.publish.model_copy(
-        update={"line": line.name})})
-
-
 def sidebar() -> LineContext:
     """Line picker and operator identity; the result is what the pages read.
 
@@ -65,7 +55,7 @@ def sidebar() -> LineContext:
     and verdict store included, comes from that line's workspace params.
     """
     try:
-        source = params_path()
+        source = platform_file()
         platform = load_params(source)
         if not platform.lines:
             raise ConfigError(f"{source}: no production line is configured (lines is empty)")
@@ -74,8 +64,6 @@ def sidebar() -> LineContext:
     cfg = platform.review
     bar = st.sidebar
     name = bar.selectbox("Line", [line.name for line in platform.lines], key="line")
-    line = line_config(platform, name)
-    workspace = line.workspace_path(source.parent)
     bar.subheader("Operator")
     headers = dict(st.context.headers or {})
     if cfg.auth == "header":
@@ -101,7 +89,8 @@ def sidebar() -> LineContext:
         st.info(f"Sign in (sidebar) to see line {name}'s images, scores and models.")
         st.stop()
     try:
-        ctx = LineContext(_line_params(line, workspace), line, workspace, operator)
+        line = open_line(source, name)
+        ctx = LineContext(line.params, line.config, line.workspace, operator)
     except ExddError as err:
         fail(err)
     st.session_state[CONTEXT_KEY] = ctx

@@ -1,4 +1,4 @@
-"""Atomic writes and content hashes: nothing half-written is ever visible.
+"""Atomic writes, content hashes and file locks: nothing half-written is ever visible.
 
 Files and folders end up with the permissions the process umask gives (as ``open`` and
 ``mkdir`` would), not the owner-only ones of their temporary names: a dashboard or worker
@@ -8,6 +8,7 @@ running as another user of the group reads them on a shared volume.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from exdd.errors import StorageError
+from exdd.errors import DataError, StorageError
 
 CHUNK = 1 << 20
 FILE_MODE = 0o666  # before the umask, as open() creates files
@@ -101,3 +102,28 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         if isinstance(err, OSError):
             raise StorageError.writing(target, err) from None
         raise
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) for the block, so that two processes
+    never change the same state at once: on ``path`` itself when it is a folder, else on
+    that lock file (created if missing).
+
+    Without ``busy`` a held lock is waited for; with it, it is a DataError
+    ``<path>: <busy>`` at once (for work that must not queue up behind a running one).
+    """
+    path = Path(path)
+    if path.is_dir():
+        fd = os.open(path, os.O_RDONLY)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if busy is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{path}: {busy}") from None
+        yield
+    finally:
+        os.close(fd)

@@ -50,7 +50,7 @@ def test_passwords_in_urls_come_from_the_environment(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from exdd.config import expand_env, params_from_dict
     from exdd.line.registry import Registry, tracking_uri
-    from exdd.line.review import VerdictStore, store_url
+    from exdd.line.review.verdicts import VerdictStore, store_url
 
     for section, key in (("review", "db_url"), ("publish", "tracking_uri")):
         with pytest.raises(ConfigError, match=rf"'{section}\.{key}'.*write it as \$\{{ENV_VAR\}}"

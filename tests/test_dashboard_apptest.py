@@ -15,11 +15,15 @@ from PIL import Image
 from review_fixtures import LineFixture, line_copy
 from streamlit.testing.v1 import AppTest
 
-from exdd.inference.batch import write_predictions
+from exdd.inference.batch import read_map, write_predictions
 from exdd.config import load_params
 from exdd.detector.model import ExDD
 from exdd.line.registry import CHAMPION, Registry
-from exdd.line.review import VerdictStore, inbox_name, line_config
+from exdd.line.lines import line_config
+from exdd.line.review.export import inbox_name
+from exdd.line.review.masks import mask_from_map
+from exdd.line.review.queue import load_queue
+from exdd.line.review.verdicts import VerdictStore
 
 APP = Path(__file__).parents[1] / "dashboards" / "app.py"
 TIMEOUT = 120
@@ -93,17 +97,23 @@ def test_queue_of_two_model_versions_judges_each_by_its_own_threshold(
     model = ExDD.load(registry.download_model_dir(v1, tmp_path / "v1"))
     images = sorted(p for p in (line.workspace / params.gate.benchmark / "test").rglob("*.png")
                     if not p.stem.endswith("_GT"))[:4]
-    v1_scores = model.predict(images).scores
+    pred = model.predict(images)
+    v1_scores = pred.scores
     with open(next((line.workspace / "reviews" / "scores").glob("*/scores.csv"))) as f:
         v2_rows = list(csv.DictReader(f))
     v2_threshold = float(v2_rows[0]["threshold"])
     # v1's own threshold flags a different number of its images than v2's would.
     under_v2 = int((v1_scores >= v2_threshold).sum())
     v1_threshold = float(v1_scores.max()) + 1.0 if under_v2 else float(v1_scores.min())
-    write_predictions(model, images, line.workspace / "reviews" / "scores" / "older-v1",
-                      v1_threshold, 1, relative_to=line.workspace)
-    with open(line.workspace / "reviews" / "scores" / "older-v1" / "scores.csv") as f:
+    older = line.workspace / "reviews" / "scores" / "older-v1"
+    write_predictions(model, images, older, v1_threshold, 1, relative_to=line.workspace)
+    with open(older / "scores.csv") as f:
         v1_rows = list(csv.DictReader(f))
+    for row, amap in zip(v1_rows, pred.maps):  # the raw maps, beside the overlays
+        assert (older / row["overlay"]).is_file()
+        assert np.allclose(read_map(older / row["map"]), amap, rtol=1e-3, atol=1e-6)
+        assert (float(row["map_min"]), float(row["map_max"])) == pytest.approx(
+            (float(pred.maps.min()), float(pred.maps.max())))
     (line.workspace / params.review.outcomes_dir / "older-v1.json").write_text(json.dumps(
         {"run_id": "older-v1", "line": "demo", "finished": "2025-03-01T02:20:00+00:00"}))
     nightly = sum(int(r["flag"]) for r in v1_rows + v2_rows)
@@ -174,6 +184,10 @@ def test_verdicts_recorded_and_exported_to_the_inbox(line: LineFixture) -> None:
         mask = np.asarray(Image.open(inbox / row["mask"]))
         assert mask.shape == drawn.shape and set(np.unique(mask)) == {0, 255}
     assert np.array_equal(np.asarray(Image.open(inbox / rows[1]["mask"])), drawn)
+    scored = next(i for i in load_queue(line.workspace, params.review, "demo") if i.image == first)
+    cut = mask_from_map(scored.map_path, scored.map_scale, scored.image_path,
+                        params.review.mask_level)  # the heatmap region: from the stored map
+    assert np.array_equal(np.asarray(Image.open(inbox / rows[0]["mask"])) == 255, cut)
     assert rows[2]["mask"] == ""
 
 

@@ -21,7 +21,9 @@ from PIL import Image
 from review_fixtures import LineFixture, line_copy
 
 from exdd.config import load_params
-from exdd.line.review import VerdictStore, inbox_name, line_config
+from exdd.line.lines import line_config
+from exdd.line.review.export import inbox_name
+from exdd.line.review.verdicts import VerdictStore
 
 ROOT = Path(__file__).parents[1]
 CHROMIUM = shutil.which("chromium")

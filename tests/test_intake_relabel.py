@@ -1,6 +1,6 @@
 """Operator verdicts come back through intake as label updates, not as duplicates.
 
-The inbox is written by the real review export (``exdd.line.review.export_pending`` from a
+The inbox is written by the real review export (``exdd.line.review.export.export_pending`` from a
 real sqlite ``VerdictStore``) for images a real intake accepted; the next intake must move
 their labels and masks into the manifest, keep the old rows in the label history,
 quarantine bad masks, file every inbox file once, and survive a SIGKILL like any batch.
@@ -32,7 +32,9 @@ from exdd.line.intake import IntakeResult, validate_inbox
 from exdd.line.intake.journal import JOURNAL_NAME
 from exdd.line.intake.manifest import HISTORY_NAME
 from exdd.line.intake.validate import WORK_DIR
-from exdd.line.review import VerdictStore, export_pending, new_mask_path, save_mask
+from exdd.line.review.export import export_pending
+from exdd.line.review.masks import new_mask_path, save_mask
+from exdd.line.review.verdicts import VerdictStore
 
 LINE = LineConfig(name="demo", workspace="ws", inbox="data/inbox", dataset="data/dataset")
 DS_IN_WS = "data/dataset"

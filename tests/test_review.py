@@ -14,24 +14,20 @@ from PIL import Image
 
 from exdd.config import LineConfig, Params, params_from_dict
 from exdd.errors import ConfigError, DataError
-from exdd.line.review import (
-    AccessDenied,
-    VerdictStore,
-    authorize,
+from exdd.inference.batch import read_map, save_map
+from exdd.inference.overlays import save_overlay
+from exdd.line.review.auth import AccessDenied, authorize
+from exdd.line.review.export import export_pending
+from exdd.line.review.masks import mask_from_map, mask_from_upload, new_mask_path, save_mask
+from exdd.line.review.queue import (
     count_flagged,
     default_threshold,
-    export_pending,
     filter_queue,
-    heat_from_overlay,
     is_flagged,
     load_queue,
-    mask_from_overlay,
-    mask_from_upload,
     model_versions,
-    new_mask_path,
-    save_mask,
 )
-from exdd.inference.overlays import overlay, save_overlay
+from exdd.line.review.verdicts import VerdictStore
 
 PARAMS = Params()
 CFG = PARAMS.review
@@ -55,17 +51,22 @@ def _blob(h: int, w: int, cy: float, cx: float, sigma: float) -> np.ndarray:
 
 
 def write_run(ws: Path, run_id: str, finished: str, rows: list[tuple[str, float]],
-              threshold: float = 0.5, version: str = "1") -> None:
-    """A scoring run as the nightly DAG leaves it: images, overlays, scores.csv, outcome."""
+              threshold: float = 0.5, version: str = "1", maps: bool = True) -> None:
+    """A scoring run as the nightly DAG leaves it: images, overlays, anomaly maps (unless
+    ``maps`` is False: a run scored before maps were stored), scores.csv, outcome."""
     run_dir = ws / CFG.scores_dir / run_id
-    lines = ["image,score,flag,threshold,model_version,overlay"]
+    lines = ["image,score,flag,threshold,model_version,overlay"
+             + (",map,map_min,map_max" if maps else "")]
     for i, (image, score) in enumerate(rows):
         img = _png(ws / image, _surface(i))
         rgb = np.repeat(np.asarray(Image.open(img), dtype=np.float32)[..., None] / 255, 3, 2)
-        save_overlay(run_dir / "overlays" / f"{Path(image).stem}.png", rgb,
-                     _blob(60, 40, 30, 20, 6), 0.0, 1.0)
+        heat = _blob(60, 40, 30, 20, 6)
+        save_overlay(run_dir / "overlays" / f"{Path(image).stem}.png", rgb, heat, 0.0, 1.0)
         lines.append(f"{image},{score},{int(score >= threshold)},{threshold},{version},"
                      f"overlays/{Path(image).stem}.png")
+        if maps:
+            save_map(run_dir / "maps" / f"{Path(image).stem}.npy", heat)
+            lines[-1] += f",maps/{Path(image).stem}.npy,0.0,1.0"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "scores.csv").write_text("\n".join(lines) + "\n")
     outcome = ws / CFG.outcomes_dir / f"{run_id}.json"
@@ -86,6 +87,7 @@ def test_queue_orders_by_score_and_keeps_latest_run(tmp_path: Path) -> None:
     assert (shared.run_id, shared.model_version, shared.threshold) == ("night2", "2", 0.6)
     assert shared.scored_at == datetime(2025, 3, 2, 3, tzinfo=UTC)
     assert shared.overlay_path.is_file() and shared.image_path.is_file()
+    assert shared.map_path.is_file() and shared.map_scale == (0.0, 1.0)
     assert count_flagged(queue, 0.5) == 3 and count_flagged(queue, 0.8) == 2
 
     only_latest = load_queue(tmp_path, CFG.model_copy(update={"recent_runs": 1}), "demo")
@@ -158,20 +160,34 @@ def test_bad_db_url_is_a_config_error_without_password(tmp_path: Path) -> None:
     assert "hunter2" not in str(err.value)
 
 
-def test_heatmap_region_recovered_from_overlay(tmp_path: Path) -> None:
-    # The image is 80x120 on disk, the overlay (model input size) 48x64, as predict writes.
-    image = _png(tmp_path / "img.png", np.stack([_surface(3, 120, 80)] * 3, axis=2))
-    from exdd.data.readers import read_image
-
-    heat = _blob(64, 48, 20, 30, 7)
-    rgb = read_image(image, 64, 48)
-    assert np.abs(heat_from_overlay(overlay(rgb, heat, 0.0, 1.0), rgb) - heat).max() < 0.02
-    over = save_overlay(tmp_path / "over.png", rgb, heat, 0.0, 1.0)
-    mask = mask_from_overlay(over, image, 0.5)
-    truth = np.asarray(Image.fromarray(heat, mode="F").resize((80, 120), Image.BILINEAR)) >= 0.5
-    assert mask.shape == (120, 80)
+def test_heatmap_region_is_cut_from_the_stored_map(tmp_path: Path) -> None:
+    # The image is 80x120 on disk, its map (model input size) 48x64, as predict writes them;
+    # level 0.5 of a colour scale 1..3 is the raw value 2. No overlay is read.
+    write_run(tmp_path, "night1", "2025-03-01T03:00:00+00:00", [("data/a.png", 0.9)])
+    (item,) = load_queue(tmp_path, CFG, "demo")
+    _png(item.image_path, np.stack([_surface(3, 120, 80)] * 3, axis=2))
+    raw = 1.0 + 2.0 * _blob(64, 48, 20, 30, 7)
+    save_map(item.map_path, raw)
+    item.overlay_path.unlink()
+    assert np.array_equal(read_map(item.map_path), raw.astype(np.float16))
+    mask = mask_from_map(item.map_path, (1.0, 3.0), item.image_path, 0.5)
+    truth = np.asarray(Image.fromarray(raw, mode="F").resize((80, 120), Image.BILINEAR)) >= 2.0
+    assert mask.shape == (120, 80) and mask.any()
     iou = (mask & truth).sum() / (mask | truth).sum()
-    assert iou > 0.95, iou
+    assert iou > 0.99, iou
+
+    bad = item.map_path.with_name("bad.npy")
+    bad.write_bytes(b"not a map")
+    with pytest.raises(DataError, match=r"bad\.npy: not a stored anomaly map"):
+        read_map(bad)
+
+
+def test_a_run_scored_before_maps_were_stored_offers_no_map(tmp_path: Path) -> None:
+    write_run(tmp_path, "night1", "2025-03-01T03:00:00+00:00", [("data/a.png", 0.9)],
+              maps=False)
+    (item,) = load_queue(tmp_path, CFG, "demo")
+    assert item.overlay_path.is_file()  # the dashboard still shows the overlay
+    assert item.map_path is None and item.map_scale is None
 
 
 def test_uploaded_mask_must_match_image(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import ui
 from exdd.line.champion import read_pin
 from exdd.errors import ExddError
 from exdd.line.registry import CHAMPION, REJECTED, TAG_GATE, TAG_GIT, TAG_HASH
-from exdd.line.review import list_outcomes, read_audit
+from exdd.line.audit import read_audit
+from exdd.line.review.queue import list_outcomes
 
 CONFIRM_KEY = "exdd_confirm_rollback"
 HEADLINE = ("image_auroc", "pixel_auroc", "aupro")

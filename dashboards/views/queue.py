@@ -13,26 +13,21 @@ import streamlit as st
 
 import ui
 from exdd.errors import DataError, ExddError
-from exdd.line.review import (
+from exdd.line.review.export import export_pending
+from exdd.line.review.masks import mask_from_map, mask_from_upload, new_mask_path, save_mask
+from exdd.line.review.queue import (
     STATUSES,
     UNREVIEWED,
-    VERDICTS,
     ScoredImage,
-    VerdictStore,
     count_flagged,
     default_threshold,
-    export_pending,
     filter_queue,
     is_flagged,
     judged_threshold,
     load_queue,
-    mask_from_overlay,
-    mask_from_upload,
     model_versions,
-    new_mask_path,
-    resolve,
-    save_mask,
 )
+from exdd.line.review.verdicts import VERDICTS, VerdictStore
 
 MASK_MODES = ("no mask", "heatmap region", "upload a drawn mask")
 FORM_KEYS = ("verdict", "note", "mask_mode", "mask_level", "mask_upload")
@@ -77,13 +72,14 @@ def choose_mask(ctx: ui.LineContext, item: ScoredImage) -> np.ndarray | None:
     mask = None
     try:
         if mode == MASK_MODES[1]:
-            if item.overlay_path is None or not item.overlay_path.is_file():
-                st.warning("This image has no heatmap overlay to take a region from.")
+            if item.map_path is None or not item.map_path.is_file():
+                st.warning("This image has no stored anomaly map to take a region from "
+                           "(scored before maps were stored): draw and upload a mask.")
                 return None
             level = st.slider("Heatmap level", 0.05, 0.95, ctx.params.review.mask_level,
                               step=0.05, key=form_key("mask_level", item),
                               help="share of the heatmap's colour scale; above is defect")
-            mask = mask_from_overlay(item.overlay_path, item.image_path, level)
+            mask = mask_from_map(item.map_path, item.map_scale, item.image_path, level)
         elif mode == MASK_MODES[2]:
             upload = st.file_uploader("Drawn mask: PNG of the image's size, white = defect",
                                       type=["png"], key=form_key("mask_upload", item))
@@ -110,7 +106,7 @@ def record(ctx: ui.LineContext, store: VerdictStore, item: ScoredImage, verdict:
     mask_rel = None
     if mask is not None:
         mask_rel = new_mask_path(cfg, item.image)
-        save_mask(mask, resolve(ctx.workspace, mask_rel))
+        save_mask(mask, ctx.workspace / mask_rel)
     store.record(ctx.line.name, item.image, verdict, ctx.operator or "", note, mask_rel,
                  item.model_version)
     text = f"Recorded **{verdict}** for `{item.image}` as {ctx.operator}."

@@ -151,7 +151,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--plots", help="folder for the ROC/PR picture")
     ev.set_defaults(func=_evaluate)
 
-    pr = sub.add_parser("predict", help="score images; writes scores.csv and heatmap overlays")
+    pr = sub.add_parser("predict", help="score images; writes scores.csv, heatmap overlays "
+                                         "and raw anomaly maps")
     pr.add_argument("--model", required=True, metavar="MODEL_DIR_OR_URI",
                     help="a model directory, or models:/exdd-<line>@champion (any alias) or "
                          "models:/exdd-<line>/<version> of the --repo workspace's registry, "

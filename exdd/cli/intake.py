@@ -106,7 +106,7 @@ def _list(args: argparse.Namespace) -> int:
 def _release(args: argparse.Namespace) -> int:
     from exdd.line.intake.release import release
     from exdd.pipeline.nightly import commit_lock, open_run, record_stages
-    from exdd.line.publish import current_user
+    from exdd.line.audit import current_user
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
     run = open_run(args.params, args.line, f"release__{stamp}")

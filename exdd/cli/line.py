@@ -9,10 +9,10 @@ from exdd.cli.pipeline import params_argument
 
 
 def _add(args: argparse.Namespace) -> int:
+    from exdd.line.lines import platform_file
     from exdd.pipeline.onboarding import add_line
-    from exdd.pipeline.nightly import params_path
 
-    done = add_line(args.name, args.data, params_path(args.params), args.workspace,
+    done = add_line(args.name, args.data, platform_file(args.params), args.workspace,
                     args.batches, args.remote)
     name, n = done.line.name, len(done.batches)
     skipped = f" ({done.n_skipped} defect(s) with an empty mask left out)" if done.n_skipped else ""

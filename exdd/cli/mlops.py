@@ -56,7 +56,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from exdd.line.publish import current_user
+    from exdd.line.audit import current_user
     from exdd.line.rollback import rollback
 
     params, repo = _context(args)
@@ -73,7 +73,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _unpin(args: argparse.Namespace) -> int:
     from exdd.line.champion import unpin
-    from exdd.line.publish import current_user
+    from exdd.line.audit import current_user
 
     params, repo = _context(args)
     pin = unpin(params, repo, args.who or current_user(), args.reason)

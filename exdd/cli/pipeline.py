@@ -50,14 +50,12 @@ def _score_batch(args: argparse.Namespace) -> int:
 
 
 def _outcomes(args: argparse.Namespace) -> int:
-    from exdd.config import load_params
-    from exdd.pipeline.nightly import params_path, summary
-    from exdd.line.review import line_config, list_outcomes
+    from exdd.line.lines import open_line
+    from exdd.line.review.queue import list_outcomes
+    from exdd.pipeline.nightly import summary
 
-    source = params_path(args.params)
-    line = line_config(load_params(source), args.line)
-    workspace = line.workspace_path(source.parent)
-    outcomes = list_outcomes(workspace, load_params(workspace / "params.yaml").review)
+    line = open_line(args.params, args.line)
+    outcomes = list_outcomes(line.workspace, line.params.review)
     for outcome in reversed(outcomes[: args.last]):
         print(json.dumps(outcome, sort_keys=True) if args.json else "\n".join(summary(outcome)))
     return 0 if outcomes else 1
@@ -68,9 +66,9 @@ LINE_FIELDS = ("name", "workspace", "pool", "schedule", "queue")
 
 def _lines(args: argparse.Namespace) -> int:
     from exdd.config import load_params
-    from exdd.pipeline.nightly import params_path
+    from exdd.line.lines import platform_file
 
-    source = params_path(args.params)
+    source = platform_file(args.params)
     lines = [line for line in load_params(source).lines if args.line in (None, line.name)]
     if not lines:
         raise ConfigError(f"{source}: no line {args.line!r}" if args.line else

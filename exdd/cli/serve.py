@@ -27,19 +27,19 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from exdd.config import load_params
-    from exdd.pipeline.nightly import line_settings, params_path
+    from exdd.line.lines import open_line, platform_file
     from exdd.line.registry import Registry
     from exdd.serving.app import create_app
 
-    cfg = load_params(params_path(args.params)).serve
-    _, workspace, line_params = line_settings(args.params, args.line)
+    cfg = load_params(platform_file(args.params)).serve
+    line = open_line(args.params, args.line)
     token = None
     if cfg.auth == "token":
         token = os.environ.get(cfg.token_env, "")
         if not token:
             raise ConfigError(f"serve.auth is 'token' but ${cfg.token_env} is not set")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    app = create_app(Registry(line_params, workspace), cfg, token)
+    app = create_app(Registry(line.params, line.workspace), cfg, token)
     uvicorn.run(app, host=args.host or cfg.host, port=args.port or cfg.port,
                 log_level="info", access_log=False)
     return 0

@@ -1,7 +1,11 @@
-"""Batch scoring into a folder: ``scores.csv`` plus one heatmap overlay per image.
+"""Batch scoring into a folder: ``scores.csv``, one heatmap overlay and one raw anomaly map
+per image.
 
 ``exdd predict`` and the nightly run's review output share this one writer, so the
-dashboard and a person at the command line read the same format.
+dashboard and a person at the command line read the same format. Overlays are pictures
+for people; the maps (``maps/*.npy``, float16, the model's own map before any colour
+scale) are what a defect mask is cut from, with the batch's colour scale recorded in
+``map_min`` / ``map_max`` so that a mask level means what the overlay shows.
 """
 
 from __future__ import annotations
@@ -13,16 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from exdd.errors import DataError
-from exdd.fsutil import atomic_dir
+from exdd.fsutil import atomic_dir, write_bytes_atomic
 
 if TYPE_CHECKING:  # the model pulls in torch: only the scoring itself needs it
     from exdd.detector.model import ExDD
 
 SCORES_FILE = "scores.csv"
 OVERLAYS_DIR = "overlays"
-# ``error``: why an image could not be scored (its score, flag and overlay are empty).
-SCORE_COLUMNS = ("image", "score", "flag", "threshold", "model_version", "overlay", "error")
+MAPS_DIR = "maps"
+MAP_DTYPE = np.float16  # half of float32's bytes; far finer than any mask level
+# ``overlay`` / ``map``: paths relative to the batch folder; ``map_min`` / ``map_max``: the
+# raw map values the overlays draw as coldest / hottest (one scale for the batch);
+# ``error``: why an image could not be scored (its score, flag, overlay and map are empty).
+SCORE_COLUMNS = ("image", "score", "flag", "threshold", "model_version", "overlay", "map",
+                 "map_min", "map_max", "error")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,24 @@ def split_readable(images: list[Path]) -> tuple[list[Path], list[tuple[Path, str
     return good, failed
 
 
+def save_map(path: Path, anomaly_map: np.ndarray) -> None:
+    """One anomaly map as a float16 ``.npy`` file, atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(anomaly_map, dtype=MAP_DTYPE), allow_pickle=False)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def read_map(path: Path) -> np.ndarray:
+    """A map :func:`save_map` wrote, as float32 (H x W)."""
+    try:
+        amap = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"{path}: not a stored anomaly map ({err})") from None
+    if amap.ndim != 2:
+        raise DataError(f"{path}: an anomaly map must be H x W, got shape {amap.shape}")
+    return amap.astype(np.float32)
+
+
 def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: float | None,
                       model_version: str | int = "", relative_to: Path | None = None
                       ) -> BatchResult:
@@ -57,7 +86,8 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
     with the reason instead of a score. All unreadable is a DataError.
 
     Overlays keep each image's own shape and share one colour scale across the batch so
-    that heat is comparable between images; ``flag`` is empty when no threshold is known.
+    that heat is comparable between images; maps keep the model's resolution; ``flag`` is
+    empty when no threshold is known.
     """
     from exdd.data.readers import read_image
     from exdd.inference.overlays import save_overlay
@@ -78,13 +108,15 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
 
     with atomic_dir(out) as staging:
         for i, (path, score, amap) in enumerate(zip(good, pred.scores, pred.maps)):
-            overlay = f"{OVERLAYS_DIR}/{i:05d}_{path.stem}.png"
+            stem = f"{i:05d}_{path.stem}"
+            overlay, raw = f"{OVERLAYS_DIR}/{stem}.png", f"{MAPS_DIR}/{stem}.npy"
             save_overlay(staging / overlay, read_image(path), amap, vmin, vmax)
+            save_map(staging / raw, amap)
             flag = "" if threshold is None else int(score >= threshold)
             writer.writerow([name(path), repr(float(score)), flag, limit, model_version,
-                             overlay, ""])
+                             overlay, raw, repr(vmin), repr(vmax), ""])
         for path, why in failed:
-            writer.writerow([name(path), "", "", limit, model_version, "", why])
+            writer.writerow([name(path), "", "", limit, model_version, "", "", "", "", why])
         (staging / SCORES_FILE).write_text(rows.getvalue())
     flagged = 0 if threshold is None else int((pred.scores >= threshold).sum())
     return BatchResult(len(good), flagged, failed)

@@ -24,6 +24,7 @@ from typing import Any
 
 from exdd.config import Params
 from exdd.errors import ConfigError, ModelError
+from exdd.line.audit import append_audit
 from exdd.line.gate import METRICS_FILE
 from exdd.detector.modelio import CHECKSUMS, model_hash, verify
 from exdd.line.registry import CHAMPION, TAG_HASH, Registry, registry_exists, tracking_uri
@@ -160,8 +161,6 @@ def refuse_if_pinned(registry: Registry, model: str) -> None:
 
 def unpin(params: Params, repo: Path, who: str, reason: str) -> Pin:
     """Let nightly runs publish again; the pin that was lifted goes to the audit log."""
-    from exdd.line.publish import append_audit
-
     if not reason.strip():
         raise ConfigError("unpinning needs a reason (--reason)")
     registry = Registry(params, repo)

@@ -14,22 +14,21 @@ the same model again (same model hash) makes no second version or tag.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exdd.line.champion import refuse_if_pinned
 from exdd.config import Params
 from exdd.data.readers import Sample
 from exdd.errors import ExddError, ModelError
 from exdd.fsutil import atomic_dir, sha256_file
+from exdd.line.audit import append_audit, current_user, utc_now
+from exdd.line.champion import refuse_if_pinned
 from exdd.line.gate import GATE_FILE, METRICS_FILE, GateDecision, benchmark_samples, read_gate
 from exdd.detector.model import ExDD
 from exdd.detector.modelio import CHECKSUMS, CONTENT_FILES, META, model_hash, verify
@@ -84,31 +83,6 @@ def probe_scores(model_dir: Path, samples: list[Sample], count: int, repo: Path)
         "scores_sha256": hashlib.sha256(pred.scores.astype("<f8").tobytes()).hexdigest(),
         "maps_sha256": hashlib.sha256(pred.maps.astype("<f4").tobytes()).hexdigest(),
     }
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def current_user() -> str:
-    """Who is acting: $EXDD_USER (set by schedulers), else the login name."""
-    try:
-        return os.environ.get("EXDD_USER") or getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def append_audit(repo: Path, params: Params, record: dict[str, Any]) -> None:
-    """Append one JSON line to the audit log (never rewritten, fsynced)."""
-    path = Path(repo) / params.publish.audit_log
-    path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {"at": utc_now(), "line": params.publish.line, **record}
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _stage_champion(model_dir: Path, target: Path, probe: dict[str, Any]) -> None:

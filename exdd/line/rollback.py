@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exdd.line.champion import Pin, read_pin, write_pin
 from exdd.config import Params
 from exdd.errors import ConfigError, ExddError, ModelError
 from exdd.fsutil import write_text_atomic
 from exdd.detector.modelio import model_hash, verify
-from exdd.line.publish import PublishedModel, utc_now, append_audit, published_versions
+from exdd.line.audit import append_audit, utc_now
+from exdd.line.champion import Pin, read_pin, write_pin
+from exdd.line.publish import PublishedModel, published_versions
 from exdd.line.registry import CHAMPION, Registry
 from exdd.line.workspace import Workspace
 

@@ -51,9 +51,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exdd.config import LineConfig, Params, load_params
+from exdd.config import LineConfig, Params
 from exdd.errors import ConfigError, DataError
 from exdd.fsutil import write_text_atomic
+from exdd.line.lines import open_line
 from exdd.storage import is_s3_uri
 
 # Workspace paths fixed by the pipeline definition (dvc.yaml of the workspace template).
@@ -115,34 +116,12 @@ class LineRun:
         return self.path(RUN_STATE) / self.run_id / f"{step}.json"
 
 
-def params_path(params_file: str | os.PathLike[str] | None = None) -> Path:
-    """The params file listing the lines: the argument, else $EXDD_PARAMS, else ./params.yaml."""
-    return Path(params_file or os.environ.get("EXDD_PARAMS") or "params.yaml").resolve()
-
-
 def open_run(params_file: str | os.PathLike[str] | None, line: str, run_id: str) -> LineRun:
     """The run ``run_id`` of ``line``; the line's settings come from its workspace."""
     if not RUN_ID_RE.fullmatch(run_id):
         raise ConfigError(f"run id {run_id!r}: only letters, digits and _.~:+- are allowed")
-    cfg, workspace, params = line_settings(params_file, line)
-    return LineRun(cfg, run_id, workspace, params)
-
-
-def line_settings(params_file: str | os.PathLike[str] | None, line: str
-                  ) -> tuple[LineConfig, Path, Params]:
-    """The line's entry in the params file, its workspace and the workspace's own params."""
-    from exdd.line.review import line_config
-
-    source = params_path(params_file)
-    cfg = line_config(load_params(source), line)
-    workspace = cfg.workspace_path(source.parent)
-    own = workspace / "params.yaml"
-    if not own.is_file():
-        raise ConfigError(f"{workspace}: line {line!r} has no workspace there (no params.yaml); "
-                          f"create it with `exdd workspace init {workspace}`")
-    params = load_params(own)
-    params.publish.line = cfg.name
-    return cfg, workspace, params
+    opened = open_line(params_file, line)
+    return LineRun(opened.config, run_id, opened.workspace, opened.params)
 
 
 def now() -> str:

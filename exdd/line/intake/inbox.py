@@ -1,5 +1,9 @@
 """Where new line images arrive: a local folder or an S3 prefix, behind one interface.
 
+Intake lists, fetches and removes the inbox's files; writers deliver into it (the review
+export: each file written whole, so intake never sees half of one) and read back the
+labels sidecar they merge their rows into.
+
 An inbox lists its files with a *version* (local: size and mtime; S3: the ETag) so that a
 file is only removed if it is still the very file that was fetched and safely stored: a
 file replaced while the intake ran stays for the next run instead of being lost.
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from exdd.errors import DataError
+from exdd.fsutil import write_bytes_atomic
 from exdd.storage import is_s3_uri, parse_s3_uri, s3_client
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,10 @@ class Inbox(Protocol):
 
     def remove(self, item: InboxFile) -> bool: ...
 
+    def read(self, key: str) -> bytes | None: ...
+
+    def write(self, key: str, data: bytes) -> None: ...
+
 
 def _fsync_copy(src, dest: Path) -> None:
     """Copy a readable binary stream to ``dest`` and fsync it."""
@@ -51,8 +60,10 @@ def _fsync_copy(src, dest: Path) -> None:
 class LocalInbox:
     """A folder; files in sub-folders count too, empty sub-folders are pruned on removal."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], create: bool = False) -> None:
         self.root = Path(root)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.uri = str(self.root.resolve())  # provenance in the manifest's source column
         if not self.root.is_dir():
             raise DataError(f"{self.root}: inbox folder does not exist")
@@ -94,6 +105,15 @@ class LocalInbox:
             parent.rmdir()
             parent = parent.parent
         return True
+
+    def read(self, key: str) -> bytes | None:
+        """The file's bytes, None when there is no such file."""
+        path = self.root / key
+        return path.read_bytes() if path.is_file() else None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Deliver a file whole: a temp file renamed into place."""
+        write_bytes_atomic(self.root / key, data)
 
 
 class S3Inbox:
@@ -139,7 +159,25 @@ class S3Inbox:
         self.client.delete_object(Bucket=self.bucket, Key=key)
         return True
 
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes, None when there is no such object."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)[
+                "Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except Exception as err:  # noqa: BLE001 - botocore raises many types
+            raise DataError(f"{self.uri}/{key}: cannot read ({type(err).__name__})") from None
 
-def open_inbox(uri: str) -> Inbox:
-    """A local folder path or an ``s3://bucket/prefix`` URI."""
-    return S3Inbox(uri) if is_s3_uri(uri) else LocalInbox(uri)
+    def write(self, key: str, data: bytes) -> None:
+        """Deliver an object whole: a single PUT is atomic, readers never see half of it."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        except Exception as err:  # noqa: BLE001
+            raise DataError(f"{self.uri}/{key}: cannot write ({type(err).__name__})") from None
+
+
+def open_inbox(uri: str, create: bool = False) -> Inbox:
+    """A local folder path or an ``s3://bucket/prefix`` URI; ``create`` makes a missing
+    folder (a writer delivering the first files) instead of refusing it."""
+    return S3Inbox(uri) if is_s3_uri(uri) else LocalInbox(uri, create)

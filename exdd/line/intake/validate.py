@@ -20,15 +20,11 @@ needs no new copy: its placement is the data-set image it relabels.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +35,7 @@ from tqdm import tqdm
 
 from exdd.config import DataConfig, IntakeConfig
 from exdd.errors import DataError
-from exdd.fsutil import sha256_file, write_text_atomic
+from exdd.fsutil import locked, sha256_file, write_text_atomic
 from exdd.line.intake.inbox import Inbox, InboxFile, LocalInbox, open_inbox
 from exdd.line.intake.journal import REPORT_STAGING, Journal, Move, apply
 from exdd.line.intake.manifest import (
@@ -114,7 +110,7 @@ def validate_inbox(inbox: str, dataset: Path, report: Path | None, cfg: IntakeCo
         _check_apart(source.root, dataset)
     threshold = (data_cfg or DataConfig()).mask_threshold
     work = dataset / WORK_DIR
-    with _locked(dataset):
+    with locked(dataset, busy="another intake is running on this data set"):
         journal = Journal.load(work)
         if journal is None:
             shutil.rmtree(work, ignore_errors=True)  # an attempt that never committed
@@ -141,20 +137,6 @@ def _check_apart(inbox: Path, dataset: Path) -> None:
     a, b = inbox.resolve(), dataset.resolve()
     if a == b or a.is_relative_to(b) or b.is_relative_to(a):
         raise DataError(f"{inbox}: the inbox and the data set {dataset} must not overlap")
-
-
-@contextlib.contextmanager
-def _locked(dataset: Path) -> Iterator[None]:
-    """One intake per data set at a time (an advisory lock on the folder itself)."""
-    fd = os.open(dataset, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"{dataset}: another intake is running on this data set") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _fetch(source: Inbox, work: Path) -> tuple[list[InboxFile], dict[str, Path], dict[str, str]]:
