@@ -53,7 +53,7 @@ GITIGNORE = """\
 
 def template_dir() -> Path:
     """The folder holding ``dvc.yaml`` and ``params.yaml`` (this source checkout's root)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     missing = [name for name in TEMPLATE_FILES if not (root / name).is_file()]
     if missing:
         raise ConfigError(f"{root}: {', '.join(missing)} not found; exdd must be installed "
@@ -293,7 +293,7 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
                ".dvcignore"]
     if demo:
         staging = ws.root / "data" / ".demo"
-        make_demo(staging, params.demo)
+        make_demo(staging, params.demo, defects=params.synth.procedural)
         drop_into_inbox(load_samples(staging, "train"), ws.root / "data" / "inbox", params.intake)
         benchmark = ws.path(params.gate.benchmark)
         benchmark.mkdir(parents=True, exist_ok=True)
