@@ -86,6 +86,8 @@ IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 class ProceduralConfig(Section):
     """Offline defect renderer (exdd.data.synth.procedural); sizes are fractions of the short side.
 
+    The demo data set's defects are drawn with the same settings (``synth.procedural``).
+
     Each range is (low, high), sampled uniformly per defect.
     """
 
