@@ -102,7 +102,8 @@ def main() -> None:
     grids = [(d_n / (d_p + scorer.defect.tau)).reshape(f.shape[:3])
              for f, (d_n, d_p) in zip(feats, distances)]
     stages["map upsampling + smoothing + score"] = clock(
-        lambda: [top_k_mean(scorer.upsampler(g), model.model.scoring.top_k_fraction) for g in grids], n)
+        lambda: [top_k_mean(scorer.upsampler(g), model.model.scoring.top_k_fraction)
+                 for g in grids], n)
     for name, (wall, cpu) in stages.items():
         print(f"  {name:40s} {wall:6.2f} ms wall  {cpu:6.2f} ms CPU per image")
 

@@ -144,7 +144,8 @@ def test_sampler_uses_the_coreset_settings() -> None:
 def test_small_chunks_give_the_same_coreset() -> None:
     feats = clustered(1500, 12, seed=3)
     big = GreedyCoresetSampler(0.04, seed=1, progress=False).select(feats)
-    small = GreedyCoresetSampler(0.04, 1, CoresetSettings(chunk_size=64), progress=False).select(feats)
+    small = GreedyCoresetSampler(0.04, 1, CoresetSettings(chunk_size=64),
+                                 progress=False).select(feats)
     np.testing.assert_array_equal(big, small)
 
 

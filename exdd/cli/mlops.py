@@ -153,7 +153,8 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", help="params file to use (default: the workspace's params.yaml)")
+    parser.add_argument("--params",
+                        help="params file to use (default: the workspace's params.yaml)")
     parser.add_argument("--line", help="line name (default: publish.line of the params)")
     parser.add_argument("--repo", default=".", help="line workspace (git + DVC repository)")
 

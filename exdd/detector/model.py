@@ -264,10 +264,10 @@ class ExDD:
         float32 in [0, 1] as exdd.data.readers.rgb_array gives (which also resizes)."""
         if len(images) == 0:
             raise DataError("no images to score")
+        self.scorer()  # not fitted: fail before embedding
         size = self.input_size
-        return self._score_features(
-            self._embed((_as_input(i, img, size) for i, img in enumerate(images)), len(images),
-                        "score"), len(images))
+        inputs = (_as_input(i, img, size) for i, img in enumerate(images))
+        return self._score_features(self._embed(inputs, len(images), "score"), len(images))
 
     def predict(self, paths: Sequence[Path]) -> Prediction:
         """Scores and anomaly maps for images on disk (any size or mode: they are resized)."""

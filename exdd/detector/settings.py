@@ -2,7 +2,7 @@
 
 ``ModelConfig`` groups its settings by what they change: ``features``, ``banks`` and
 ``coreset`` shape the fitted banks (changing them needs a refit); ``scoring``, ``search``
-and ``runtime`` only change how a fitted model predicts (``PREDICT_TIME``), so a fitted
+and ``runtime`` only change how a fitted model predicts (``PredictTimeSection``), so a fitted
 model can be compared under other values of them without refitting. The config hub
 (exdd.config) reads these types from params.yaml; the detector never reads a file.
 
@@ -12,7 +12,7 @@ Pure types with no behaviour beyond validation, so they sit at the bottom of the
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -30,7 +30,10 @@ class Section(BaseModel):
     """Base for every settings section: strict keys, validated on assignment too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    predict_time: ClassVar[bool] = False  # changes only how a fitted model predicts
+
+
+class PredictTimeSection(Section):
+    """A section that only changes how a fitted model predicts (no refit needed)."""
 
 
 # Named input sizes (height, width): ``ksdd2`` is the paper's KolektorSDD2 setting.
@@ -106,10 +109,9 @@ class CoresetSettings(Section):
     sketch_sample: int = Field(20000, ge=100, description="rows used to find those axes")
 
 
-class SearchSettings(Section):
+class SearchSettings(PredictTimeSection):
     """Nearest-neighbour search over the banks (exdd.detector.index)."""
 
-    predict_time: ClassVar[bool] = True
     use_gpu: bool = Field(True, description="faiss on GPU when it has GPU support and CUDA")
     batch_size: int = Field(65536, ge=1, description="queries per faiss search call")
     index: Literal["flat", "hnsw"] = Field("flat", description="exact, or approximate graph")
@@ -117,10 +119,9 @@ class SearchSettings(Section):
     hnsw_ef: int = Field(16, ge=1, description="HNSW search breadth (recall vs speed)")
 
 
-class ScoringSettings(Section):
+class ScoringSettings(PredictTimeSection):
     """Distances -> anomaly maps and image scores (exdd.detector.scoring)."""
 
-    predict_time: ClassVar[bool] = True
     single_bank: bool = Field(False, description="PatchCore: M_N alone (fit builds no M_P)")
     rule: Literal["reference", "calibrated", "weighted"] = Field(
         "weighted", description="dual rule (exdd.detector.scoring); reference = the paper's")
@@ -143,10 +144,9 @@ class ScoringSettings(Section):
         return self
 
 
-class RuntimeSettings(Section):
+class RuntimeSettings(PredictTimeSection):
     """Where and in what batches images go through the backbone."""
 
-    predict_time: ClassVar[bool] = True
     batch_size: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -181,7 +181,8 @@ class ModelConfig(Section):
 def predict_time_sections() -> tuple[str, ...]:
     """Names of the ``ModelConfig`` sections a fitted model may predict with other values of."""
     return tuple(name for name, field in ModelConfig.model_fields.items()
-                 if getattr(field.annotation, "predict_time", False))
+                 if isinstance(field.annotation, type)
+                 and issubclass(field.annotation, PredictTimeSection))
 
 
 # model.json (format version 1) stores ModelConfig flat, as it was before the sections:
