@@ -54,15 +54,16 @@ def patch_like(n: int, dim: int, clusters: int, decay: float, seed: int) -> np.n
 def real_patches(data: Path, params: Params) -> np.ndarray:
     """Patch features of the normal training images, as the detector extracts them."""
     model = params.model
+    features, bs = model.features, model.runtime.batch_size
     normals = [s.image for s in load_samples(data, "train") if s.label == 0]
-    backbone = load_backbone(model.backbone, model.backbone_weights)
+    backbone = load_backbone(features.backbone, features.backbone_weights)
     size = resolve_input_size(params.data, normals, backbone.stride, backbone.min_size,
                               backbone.name).input_size
-    projection = random_projection(sum(backbone.channels), model.projection_dim, model.seed)
-    embed = PatchEmbedder(backbone, model.aggregation_kernel, projection, torch.device("cpu"))
+    projection = random_projection(sum(backbone.channels), features.projection_dim, model.seed)
+    embed = PatchEmbedder(backbone, features.aggregation_kernel, projection, torch.device("cpu"))
     chunks = []
-    for start in tqdm(range(0, len(normals), model.batch_size), desc="patches", unit="batch"):
-        batch = np.stack([read_image(p, *size) for p in normals[start:start + model.batch_size]])
+    for start in tqdm(range(0, len(normals), bs), desc="patches", unit="batch"):
+        batch = np.stack([read_image(p, *size) for p in normals[start:start + bs]])
         feats = embed(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy()
         chunks.append(feats.reshape(-1, feats.shape[-1]))
     return np.concatenate(chunks)
@@ -101,7 +102,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, help="data set (split CSV or KSDD2 folder): real patches")
     ap.add_argument("--cache", type=Path, help=".npy file keeping the real patches between runs")
-    ap.add_argument("--config", help="params.yaml (default: library defaults)")
+    ap.add_argument("--params", help="params file (default: library defaults)")
     ap.add_argument("--n", type=int, default=680_000, help="patches (synthetic) / at most (real)")
     ap.add_argument("--dim", type=int, default=128, help="synthetic patch dimension")
     ap.add_argument("--fraction", type=float, default=0.01)
@@ -113,7 +114,7 @@ def main() -> None:
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
 
-    params = load_params(args.config) if args.config else Params()
+    params = load_params(args.params) if args.params else Params()
     if args.data and args.cache and args.cache.exists():
         feats = np.load(args.cache)
     elif args.data:
@@ -123,7 +124,7 @@ def main() -> None:
     else:
         feats = patch_like(args.n, args.dim, args.clusters, args.decay, args.seed)
     feats = np.ascontiguousarray(feats[: args.n])
-    sampler = GreedyCoresetSampler.from_config(args.fraction, params.model)
+    sampler = GreedyCoresetSampler(args.fraction, params.model.seed, params.model.coreset)
     chosen, wall, cpu = timed_select(sampler, feats)
     figures: dict[str, object] = {
         "patches": "real" if args.data
@@ -139,7 +140,7 @@ def main() -> None:
         fast, fast_wall, fast_cpu = timed_select(sampler, sub)
         wall, cpu = time.perf_counter(), time.process_time()
         reference = exact_greedy(sampler.project(sub), int(fast[0]), fast.size,
-                                 params.model.coreset_chunk_size)
+                                 params.model.coreset.chunk_size)
         exact_radius = coverage_radius(sub, reference)
         fast_radius = coverage_radius(sub, fast)
         figures["exact"] = {

@@ -29,13 +29,13 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
 
 def preload(model: ExDD, paths: list[Path]) -> torch.Tensor:
     """The images decoded and resized once, laid out as predict feeds them to the backbone."""
-    h, w = model.data.input_size
+    h, w = model.input_size
     return torch.from_numpy(np.stack([read_image(p, h, w) for p in paths])).permute(0, 3, 1, 2)
 
 
 def backbone_throughput(model: ExDD, images: torch.Tensor) -> float:
     """Images/s of the bare backbone forward on preloaded batches of the same images."""
-    bs, backbone = model.model.batch_size, model.embedder.backbone
+    bs, backbone = model.model.runtime.batch_size, model.embedder.backbone
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(images), bs):
@@ -46,7 +46,7 @@ def backbone_throughput(model: ExDD, images: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
-    ap.add_argument("--config", help="params.yaml (default: library defaults)")
+    ap.add_argument("--params", help="params file (default: library defaults)")
     ap.add_argument("--input-size", metavar="HxW|PRESET",
                     help="input size (default: the config's, which follows the data)")
     ap.add_argument("--backbone", default="efficientnet_lite0")
@@ -54,9 +54,9 @@ def main() -> None:
     ap.add_argument("--json", help="write all figures here")
     args = ap.parse_args()
 
-    params = load_params(args.config) if args.config else None
-    model_cfg = (params.model if params else ModelConfig()).model_copy(
-        update={"backbone": args.backbone})
+    params = load_params(args.params) if args.params else None
+    model_cfg = (params.model if params else ModelConfig()).updated(
+        features={"backbone": args.backbone})
     data_cfg = params.data if params else DataConfig()
     if args.input_size:
         data_cfg = with_input_size(data_cfg, args.input_size)
@@ -65,7 +65,7 @@ def main() -> None:
     start = time.perf_counter()
     model = ExDD(model_cfg, data_cfg).fit(train)
     fit_s = time.perf_counter() - start
-    h, w = model.data.input_size
+    h, w = model.input_size
     print(f"train {len(train)} images ({sum(s.label for s in train)} defect), test {len(test)}; "
           f"{args.backbone} at {h}x{w}, torch threads {torch.get_num_threads()}")
     figures: dict[str, object] = {
@@ -83,13 +83,13 @@ def main() -> None:
     backbone_throughput(model, images)  # warm-up: first-use allocations, kernel selection
     results = {}
     throughput: dict[str, dict[str, float]] = {}
-    for name, changes in (("patchcore_single_bank", {"single_bank": True}),
-                          ("dual_reference", {"scoring": "reference"}),
-                          ("dual_calibrated", {"scoring": "calibrated"}),
-                          (f"dual_default_{model_cfg.scoring}", {}),
-                          ("dual_default_hnsw", {"nn_index": "hnsw"})):
+    for name, changes in (("patchcore_single_bank", {"scoring": {"single_bank": True}}),
+                          ("dual_reference", {"scoring": {"rule": "reference"}}),
+                          ("dual_calibrated", {"scoring": {"rule": "calibrated"}}),
+                          (f"dual_default_{model_cfg.scoring.rule}", {}),
+                          ("dual_default_hnsw", {"search": {"index": "hnsw"}})):
         m = model.with_predict_settings(**changes)
-        m.predict(paths[: model_cfg.batch_size])  # builds the search indexes
+        m.predict(paths[: model_cfg.runtime.batch_size])  # builds the search indexes
         start = time.perf_counter()
         pred = m.predict(paths)
         rate = len(paths) / (time.perf_counter() - start)

@@ -6,7 +6,7 @@ nightly pipeline, with per-night intake counts, step times, metrics and gate dec
 The data set's train split is delivered as ``--nights`` batches (``exdd line add
 --batches``, then ``exdd line feed`` before each later night); each night is
 ``exdd.pipeline.nightly.run_nightly``, the steps the DAG runs, in one process, timed step by step.
-The platform params are exdd's defaults (``--config`` to start from another file).
+The platform params are exdd's defaults (``--params`` to start from another file).
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path, help="new folder for params + line")
     ap.add_argument("--name", default="bench", help="line name")
     ap.add_argument("--nights", type=int, default=3, help="train split in this many batches")
-    ap.add_argument("--config", type=Path, help="platform params to start from")
+    ap.add_argument("--params", type=Path, help="platform params to start from")
     ap.add_argument("--json", type=Path, help="write all figures here")
     args = ap.parse_args()
 
     args.out.mkdir(parents=True)
     params_file = args.out / "params.yaml"
-    source = args.config or template_dir() / "params.yaml"
+    source = args.params or template_dir() / "params.yaml"
     params_file.write_text(line_params_text(source.read_text()))
     start = time.perf_counter()
     setup = add_line(args.name, args.data, params_file, batches=args.nights)

@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=list(variants.ALL),
                     help="data sets: NAME or NAME:VARIANT (bench/variants.py)")
-    ap.add_argument("--config", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "exdd-variants")
     ap.add_argument("--peer-python", help="python of the benchmark venv (anomalib)")
     ap.add_argument("--peer-coreset", type=float, default=0.1, help="anomalib's default")
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    params = load_params(args.config)
+    params = load_params(args.params)
     table: dict[str, list[dict[str, object]]] = {}
     for name in args.data:
         manifest = variants.build(name, args.cache)
@@ -81,13 +81,14 @@ def main() -> None:
               f"{len(test)}; input {h}x{w}; M_N {len(model.bank_normal_)}, "
               f"M_P {len(model.bank_defect_)}; fit {fit_s:.0f}s", flush=True)
         rows = [row("single-bank PatchCore",
-                    evaluate(model.with_predict_settings(single_bank=True), test))]
+                    evaluate(model.with_predict_settings(scoring={"single_bank": True}), test))]
         if args.peer_python:
             rows.append(row(f"anomalib PatchCore ({args.peer_coreset:g} coreset)",
                             peer(args.peer_python, manifest, (h, w), args.peer_coreset)))
         rows.append(row("dual, reference (paper)",
-                        evaluate(model.with_predict_settings(scoring="reference"), test)))
-        rows.append(row(f"dual, default ({params.model.scoring})", evaluate(model, test)))
+                        evaluate(model.with_predict_settings(scoring={"rule": "reference"}),
+                                 test)))
+        rows.append(row(f"dual, default ({params.model.scoring.rule})", evaluate(model, test)))
         if args.synthetic_only:
             with tempfile.TemporaryDirectory() as tmp:
                 synthetic = load_samples(synthesize(
@@ -96,8 +97,8 @@ def main() -> None:
                 normals = [s for s in train if s.label == 0]
                 synth_model = ExDD(params.model, params.data).fit(normals, synthetic)
                 rows.append(row("single-bank, normals only",
-                                evaluate(synth_model.with_predict_settings(single_bank=True),
-                                         test)))
+                                evaluate(synth_model.with_predict_settings(
+                                    scoring={"single_bank": True}), test)))
                 rows.append(row("default, synthetic-only M_P", evaluate(synth_model, test)))
         table[name] = rows
 

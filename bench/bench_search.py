@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from exdd.detector.index import NearestNeighbourIndex
+from exdd.detector.settings import SearchSettings
 from exdd.data.readers import load_samples, read_image
 from exdd.evaluation.evaluate import ground_truth
 from exdd.evaluation.metrics import compute_metrics
@@ -55,7 +56,7 @@ class IVFIndex(NearestNeighbourIndex):
     """faiss IndexIVFFlat behind the scorer's search interface (for comparison only)."""
 
     def __init__(self, bank: np.ndarray, nprobe: int) -> None:
-        super().__init__(use_gpu=False)
+        super().__init__(SearchSettings(use_gpu=False))
         lists = max(1, len(bank) // IVF_LIST_SIZE)
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(bank.shape[1]), bank.shape[1], lists)
         index.cp.seed = 0
@@ -75,7 +76,7 @@ def main() -> None:
     model = ExDD.load(args.model)
     test = load_samples(args.data, "test")
     paths = [s.image for s in test]
-    (h, w), bs = model.data.input_size, model.model.batch_size
+    (h, w), bs = model.input_size, model.model.runtime.batch_size
     n = len(paths)
     print(f"{n} test images at {h}x{w}, batch {bs}, torch threads {torch.get_num_threads()}")
 
@@ -95,13 +96,14 @@ def main() -> None:
     scorer = model.scorer()
     distances = [bank_distances(f.reshape(-1, f.shape[-1]), scorer.normal, scorer.defect)
                  for f in feats]
-    stages[f"search, both banks ({model.model.nn_index})"] = clock(
+    stages[f"search, both banks ({model.model.search.index})"] = clock(
         lambda: [bank_distances(f.reshape(-1, f.shape[-1]), scorer.normal, scorer.defect)
                  for f in feats], n)
     grids = [(d_n / (d_p + scorer.defect.tau)).reshape(f.shape[:3])
              for f, (d_n, d_p) in zip(feats, distances)]
     stages["map upsampling + smoothing + score"] = clock(
-        lambda: [top_k_mean(scorer.upsampler(g), model.model.top_k_fraction) for g in grids], n)
+        lambda: [top_k_mean(scorer.upsampler(g), model.model.scoring.top_k_fraction)
+                 for g in grids], n)
     for name, (wall, cpu) in stages.items():
         print(f"  {name:40s} {wall:6.2f} ms wall  {cpu:6.2f} ms CPU per image")
 
@@ -109,10 +111,10 @@ def main() -> None:
     labels = np.array([s.label for s in test])
     queries = np.concatenate([f.reshape(-1, f.shape[-1]) for f in feats])
     exact = scorer.normal.index.search(queries, 1)[1][:, 0]
-    options = {"exact (flat)": model.with_predict_settings(nn_index="flat").scorer()}
+    options = {"exact (flat)": model.with_predict_settings(search={"index": "flat"}).scorer()}
     for m, ef in HNSW:
         options[f"hnsw M={m} ef={ef}"] = model.with_predict_settings(
-            nn_index="hnsw", nn_hnsw_m=m, nn_hnsw_ef=ef).scorer()
+            search={"index": "hnsw", "hnsw_m": m, "hnsw_ef": ef}).scorer()
     for probe in IVF_PROBES:
         options[f"ivf nprobe={probe} (lists of ~{IVF_LIST_SIZE})"] = replace(
             scorer,

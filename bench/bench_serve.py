@@ -141,7 +141,8 @@ def main() -> None:
     threshold = json.loads(metrics.read_text())["threshold"] if metrics.is_file() else 0.0
     model = ExDD.load(ARGS.model)
     print(f"{len(paths)} magnetic-tile test images, model input "
-          f"{model.data.image_height}x{model.data.image_width}, batch {model.model.batch_size}")
+          f"{model.data.image_height}x{model.data.image_width}, "
+          f"batch {model.model.runtime.batch_size}")
     figures: dict[str, dict[str, float]] = {"in_process": in_process(model, paths),
                                             "in_process_bytes": in_process_bytes(model, blobs)}
     del model

@@ -68,14 +68,16 @@ class CachedExDD(ExDD):
 
     features: dict[Path, np.ndarray] = {}
 
-    def _builder(self, fraction: float, min_keep: int = 1) -> ReplayBuilder:  # type: ignore[override]
-        return ReplayBuilder(super()._builder(fraction, min_keep))
+    def bank_builder(self, fraction: float,  # type: ignore[override]
+                     min_keep: int = 1) -> ReplayBuilder:
+        return ReplayBuilder(super().bank_builder(fraction, min_keep))
 
-    def _patches(self, paths: Sequence[Path], desc: str) -> Iterator[np.ndarray]:
+    def patch_features(self, paths: Sequence[Path], desc: str = "features"
+                       ) -> Iterator[np.ndarray]:
         missing = [p for p in dict.fromkeys(paths) if p not in self.features]
-        fresh = (f for batch in super()._patches(missing, desc) for f in batch)
+        fresh = (f for batch in super().patch_features(missing, desc) for f in batch)
         self.features.update(zip(missing, fresh))
-        bs = self.model.batch_size
+        bs = self.model.runtime.batch_size
         for i in range(0, len(paths), bs):
             yield np.stack([self.features[p] for p in paths[i:i + bs]])
 
@@ -95,7 +97,7 @@ def run(name: str, train: list[Sample], synthetic: list[Sample], test: list[Samp
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--config", help="params.yaml (default: library defaults)")
+    ap.add_argument("--params", help="params file (default: library defaults)")
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--counts", type=int, nargs="+", default=[0, 25, 50, 100, 200])
     ap.add_argument("--synthetic-only", type=int, nargs="*", default=[100],
@@ -104,9 +106,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the table here too")
     args = ap.parse_args()
 
-    params = load_params(args.config) if args.config else None
-    model_cfg = (params.model if params else ModelConfig()).model_copy(
-        update={"backbone": args.backbone})
+    params = load_params(args.params) if args.params else None
+    model_cfg = (params.model if params else ModelConfig()).updated(
+        features={"backbone": args.backbone})
     data_cfg = params.data if params else DataConfig()
     synth_cfg = params.synth if params else SynthConfig()
     train = load_samples(args.data, "train")

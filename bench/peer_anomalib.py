@@ -78,7 +78,7 @@ def batches(ref: ExDD, paths: Sequence[Path]) -> Iterator[torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="KSDD2-layout folder or manifest CSV")
-    ap.add_argument("--config", help="params.yaml for the mask threshold (default: ./params.yaml)")
+    ap.add_argument("--params", help="params file for the mask threshold (default: ./params.yaml)")
     ap.add_argument("--height", type=int, required=True,
                     help="input height: the exdd model's (exdd picks it from the data at fit)")
     ap.add_argument("--width", type=int, required=True, help="input width, likewise")
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--json", help="write all figures here")
     args = ap.parse_args()
 
-    data = load_params(args.config).data
+    data = load_params(args.params).data
     data = data.model_copy(update={"image_height": args.height, "image_width": args.width})
     ref = ExDD(data=data)  # input size and mask threshold only; never fitted
     train = [s for s in load_samples(args.data, "train") if s.label == 0]

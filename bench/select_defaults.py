@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from exdd.detector.banks import BankBuilder, defect_cells
+from exdd.detector.banks import defect_cells
 from exdd.detector.index import NearestNeighbourIndex
-from exdd.config import ModelConfig, load_params
+from exdd.config import load_params
 from exdd.data.readers import Sample, load_samples, read_mask
 from exdd.detector.geometry import resolve_input_size
 from exdd.evaluation.metrics import pixel_metrics
@@ -76,7 +76,7 @@ NORMAL_BANKS: dict[tuple[Path, ...], NearestNeighbourIndex] = {}  # M_N per set 
 
 def read_split(model: ExDD, samples: list[Sample], threshold: int) -> Split:
     missing = [s.image for s in samples if s.image not in FEATURES]
-    fresh = (f for batch in model._patches(missing, "features") for f in batch)
+    fresh = (f for batch in model.patch_features(missing) for f in batch)
     FEATURES.update(zip(missing, fresh))
     h, w = model.data.input_size
     return Split([s.image for s in samples], np.stack([FEATURES[s.image] for s in samples]),
@@ -94,26 +94,27 @@ def folds_of(labels: np.ndarray, k: int) -> np.ndarray:
     return folds
 
 
-def bank(patches: np.ndarray, fraction: float, min_keep: int, cfg: ModelConfig
+def bank(patches: np.ndarray, fraction: float, min_keep: int, model: ExDD
          ) -> tuple[NearestNeighbourIndex, float]:
-    builder = BankBuilder(fraction, cfg, min_keep)
+    builder = model.bank_builder(fraction, min_keep)
     builder.add(patches)
     vectors, tau = builder.finish()
-    return NearestNeighbourIndex.from_config(cfg).fit(vectors), tau
+    return NearestNeighbourIndex(model.model.search).fit(vectors), tau
 
 
-def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, cfg: ModelConfig
+def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, model: ExDD
                ) -> dict[str, tuple[float, float]]:
     """(image AUROC, pixel AUROC) of every candidate on one held-out fold."""
+    cfg = model.model
     n, gh, gw, dim = split.feats.shape
     query = np.ascontiguousarray(split.feats[val].reshape(-1, dim), np.float32)
     normals = fit & (split.labels == 0)
     key = tuple(split.paths[i] for i in np.flatnonzero(normals))
     if key not in NORMAL_BANKS:
-        NORMAL_BANKS[key] = bank(split.feats[normals].reshape(-1, dim), cfg.coreset_normal, 1,
-                                 cfg)[0]
+        NORMAL_BANKS[key] = bank(split.feats[normals].reshape(-1, dim), cfg.coreset.normal, 1,
+                                 model)[0]
     d_n = NORMAL_BANKS[key].search(query, 1)[0][:, 0]
-    up = MapUpsampler((gh, gw), split.size, cfg.smoothing_sigma)
+    up = MapUpsampler((gh, gw), split.size, cfg.scoring.smoothing_sigma)
     labels, masks = split.labels[val], split.masks[val]
     out: dict[str, tuple[float, float]] = {}
 
@@ -122,7 +123,7 @@ def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, cfg: ModelConfig
             evidence.reshape(-1, gh, gw), max(1, len(labels) // 32))])
         pixel = pixel_metrics(maps, masks)["pixel_auroc"]
         for pooling in poolings:
-            scores = pooled(maps, cfg.model_copy(update={"image_score": pooling}))
+            scores = pooled(maps, cfg.scoring.model_copy(update={"image_score": pooling}))
             out[f"{name} {pooling}"] = (float(roc_auc_score(labels, scores)), pixel)
 
     record("single", d_n, POOLINGS)
@@ -130,11 +131,11 @@ def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, cfg: ModelConfig
     for dilation, (sizing, min_keep) in product(DILATIONS, DEFECT_BANKS.items()):
         cells = defect_cells(split.masks[fit_defects], (gh, gw), dilation)
         patches = split.feats[fit_defects][cells]
-        index, tau = bank(patches, cfg.coreset_defect,
-                          cfg.coreset_defect_min if min_keep is None else min_keep, cfg)
+        index, tau = bank(patches, cfg.coreset.defect,
+                          cfg.coreset.defect_min if min_keep is None else min_keep, model)
         d_p = index.search(query, 1)[0][:, 0]
         for scoring, weight in RULES[1:]:
-            rule = cfg.model_copy(update={"scoring": scoring, "defect_weight": weight})
+            rule = cfg.scoring.model_copy(update={"rule": scoring, "defect_weight": weight})
             name = f"{scoring}{'' if scoring == 'calibrated' else f'({weight:g})'}"
             record(f"{name} bank={sizing} dil={dilation}", dual_evidence(d_n, d_p, tau, rule),
                    POOLINGS)
@@ -157,13 +158,13 @@ def minimax(table: dict[str, dict[str, tuple[float, float]]], names: list[str],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=list(variants.ALL))
-    ap.add_argument("--config", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "exdd-variants")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    params = load_params(args.config)
+    params = load_params(args.params)
     cfg = params.model
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for name in args.data:
@@ -179,7 +180,7 @@ def main() -> None:
                                         backbone.min_size, backbone.name)
         split = read_split(model, train, params.data.mask_threshold)
         folds = folds_of(split.labels, args.folds)
-        per_fold = [score_fold(split, folds != k, folds == k, cfg)
+        per_fold = [score_fold(split, folds != k, folds == k, model)
                     for k in range(args.folds)]
         table[name] = {c: tuple(np.mean([f[c] for f in per_fold], axis=0).tolist())
                        for c in per_fold[0]}

@@ -1,8 +1,10 @@
 """The one configuration system: typed, validated sections loaded from ``params.yaml``.
 
 DVC reads the same file for its ``params`` dependencies, so every setting that changes a
-model lives here and nowhere else. Each subsystem owns one section; unknown keys are
-rejected so that a typo in params.yaml is an error, not a silently ignored setting.
+model is read here and nowhere else. Each subsystem owns one section; unknown keys are
+rejected so that a typo in params.yaml is an error, not a silently ignored setting. The
+detector's own sections (``model``, ``data``) are its types (exdd.detector.settings): the
+detector is built from them without knowing this hub.
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ from urllib.parse import quote, urlsplit
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+# The detector's own settings types, read here as the model and data sections of params.yaml.
+from exdd.detector.settings import (  # noqa: F401  (INPUT_PRESETS: re-exported)
+    INPUT_PRESETS,
+    DataConfig,
+    ModelConfig,
+    Section,
+    check_nested,
+)
 from exdd.errors import ConfigError
 
 PARAMS_ENV = "EXDD_PARAMS"
+WORKSPACE_MARKER = "dvc.yaml"  # a folder holding it is a line workspace, with its own params
 
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -64,47 +73,6 @@ def _no_written_password(url: str | None) -> str | None:
 SecretFreeURL = Annotated[str, AfterValidator(_no_written_password)]
 
 
-class Section(BaseModel):
-    """Base for every section: strict keys, validated on assignment too."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# Named input sizes (height, width): ``ksdd2`` is the paper's KolektorSDD2 setting.
-INPUT_PRESETS: dict[str, tuple[int, int]] = {"ksdd2": (632, 224)}
-
-
-class DataConfig(Section):
-    """How images are read: the network input size and the mask threshold.
-
-    With ``image_height`` / ``image_width`` unset (and no ``preset``) the input keeps the
-    training images' median aspect ratio at ``pixel_budget`` pixels (exdd.detector.geometry); the
-    fitted model stores the size it chose.
-    """
-
-    image_height: int | None = Field(None, ge=1, le=4096, description="None: from the data")
-    image_width: int | None = Field(None, ge=1, le=4096, description="None: from the data")
-    preset: str | None = Field(None, description=f"named size: {', '.join(INPUT_PRESETS)}")
-    pixel_budget: int = Field(256 * 256, ge=1024, le=4096 * 4096,
-                              description="input pixels when the size follows the data")
-    mask_threshold: int = Field(127, ge=0, le=254, description="mask pixel > this is defect")
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, v: str | None) -> str | None:
-        if v is not None and v not in INPUT_PRESETS:
-            raise ValueError(f"unknown input size preset {v!r}; choose one of "
-                             f"{', '.join(sorted(INPUT_PRESETS))}")
-        return v
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(height, width); only a resolved config (a fitted model's) has one."""
-        if self.image_height is None or self.image_width is None:
-            raise ConfigError("the input size is not resolved yet (it is chosen at fit)")
-        return self.image_height, self.image_width
-
-
 def _ordered(v: tuple[float, float]) -> tuple[float, float]:
     if v[0] > v[1]:
         raise ValueError(f"range must be (low, high) with low <= high: {v}")
@@ -117,6 +85,8 @@ IntRange = Annotated[tuple[int, int], AfterValidator(_ordered)]
 
 class ProceduralConfig(Section):
     """Offline defect renderer (exdd.data.synth.procedural); sizes are fractions of the short side.
+
+    The demo data set's defects are drawn with the same settings (``synth.procedural``).
 
     Each range is (low, high), sampled uniformly per defect.
     """
@@ -150,7 +120,8 @@ class DemoConfig(Section):
     """The embedded default data set: generated on the fly, deterministic by seed.
 
     A brushed, grainy metal surface under a slow illumination gradient with sensor noise;
-    its defects come from the procedural synthetic-defect renderer (``defects``).
+    its defects come from the procedural synthetic-defect renderer with the settings of
+    ``synth.procedural`` (one renderer, one set of settings).
     """
 
     height: int = Field(160, ge=32)
@@ -166,63 +137,6 @@ class DemoConfig(Section):
     brush_length: float = Field(12.0, gt=0.0, description="streak blur along x, pixels")
     grain: float = Field(0.025, ge=0.0, description="fine grain strength")
     noise: float = Field(0.01, ge=0.0, description="sensor noise sigma")
-    defects: ProceduralConfig = ProceduralConfig()
-
-
-class ModelConfig(Section):
-    """The detector: backbone, patch features, memory banks and scoring."""
-
-    backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
-    backbone_weights: str | None = Field(
-        None, description="file path of backbone weights; env EXDD_BACKBONE_WEIGHTS overrides"
-    )
-    aggregation_kernel: int = Field(3, ge=1, description="neighbourhood (p x p) average pooling")
-    projection_dim: int = Field(128, ge=8)
-    seed: int = 0
-    coreset_normal: float = Field(0.02, gt=0.0, le=1.0)
-    coreset_defect: float = Field(0.10, gt=0.0, le=1.0)
-    coreset_defect_min: int = Field(
-        2048, ge=1, description="M_P keeps at least this many patches (all, when fewer): a "
-                                "line with few defects keeps every defect patch")
-    coreset_projection_dim: int = Field(128, ge=8, description="JL projection used while sampling")
-    coreset_chunk_size: int = Field(16384, ge=64, description="rows per distance chunk while sampling")
-    coreset_max_groups: int = Field(16, ge=1, description="groups compared per coreset step (speed only)")
-    coreset_sketch_dim: int = Field(24, ge=1, description="principal axes of the distance lower bound")
-    coreset_sketch_sample: int = Field(20000, ge=100, description="rows used to find those axes")
-    nn_use_gpu: bool = Field(True, description="faiss on GPU when it has GPU support and CUDA")
-    nn_batch_size: int = Field(65536, ge=1, description="queries per faiss search call")
-    nn_index: Literal["flat", "hnsw"] = Field("flat", description="exact, or approximate graph")
-    nn_hnsw_m: int = Field(16, ge=4, description="HNSW links per node")
-    nn_hnsw_ef: int = Field(16, ge=1, description="HNSW search breadth (recall vs speed)")
-    stream_chunk_patches: int = Field(
-        1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
-    )
-    mask_dilation: int = Field(8, ge=0, description="dilate defect masks by this many pixels "
-                                                   "(at the input size) before taking M_P cells")
-    single_bank: bool = False
-    scoring: Literal["reference", "calibrated", "weighted"] = Field(
-        "weighted", description="dual rule (exdd.detector.scoring); reference = the paper's")
-    defect_weight: float = Field(
-        1.0, ge=0.0, le=4.0, description="weighted rule: d_N x (d_N / (d_N + d_P)) ** this; "
-                                         "0 = the normal bank alone")
-    image_score: Literal["max", "top_k", "reweighted"] = Field(
-        "top_k", description="image score from the smoothed map: its max or top-k mean; "
-                             "reweighted = PatchCore's eq. 7 (single_bank only)")
-    knn: int = Field(3, ge=1, description="neighbours for PatchCore reweighting")
-    smoothing_sigma: float = Field(4.0, ge=0.0)
-    top_k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="pooling for image score")
-    ratio_eps: float = Field(1e-6, gt=0.0)
-    tau_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="bank distance scale quantile")
-    calibration_patches: int = Field(20000, ge=100, description="held-out patches used for tau")
-    batch_size: int = Field(8, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="after")
-    def _pooling_fits_rule(self) -> "ModelConfig":
-        if self.image_score == "reweighted" and not self.single_bank:
-            raise ValueError("image_score 'reweighted' is PatchCore's single-bank score: set "
-                             "single_bank, or use max / top_k")
-        return self
 
 
 class SynthConfig(Section):
@@ -485,23 +399,51 @@ def _format_error(source: str, err: ValidationError) -> str:
 
 def params_from_dict(raw: dict[str, Any], source: str = "params") -> Params:
     """Validate a raw mapping; the error names the file and the offending key."""
+    model = (raw or {}).get("model")
+    if isinstance(model, dict):
+        check_nested(model, source)
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
         raise ConfigError(_format_error(source, err)) from None
 
 
+class _ParamsDumper(yaml.SafeDumper):
+    """Block mappings; lists of plain values on one line, as params.yaml writes them."""
+
+
+def _sequence(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
+    flat = all(not isinstance(item, (dict, list)) for item in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flat)
+
+
+_ParamsDumper.add_representer(list, _sequence)
+
+
+def params_yaml(params: Params) -> str:
+    """``params`` as params.yaml text, every key written out (``exdd params dump``)."""
+    return yaml.dump(params.model_dump(mode="json"), Dumper=_ParamsDumper, sort_keys=False,
+                     default_flow_style=False)
+
+
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:
-    """Load params.yaml (argument, else $EXDD_PARAMS, else ./params.yaml, else defaults)."""
+    """Load params.yaml (argument, else $EXDD_PARAMS, else ./params.yaml, else defaults).
+
+    The defaults only outside a line workspace: a folder with a dvc.yaml but no params.yaml
+    is a broken workspace, and fitting it with defaults would hide that.
+    """
     candidate = path or os.environ.get(PARAMS_ENV)
     if candidate is None:
         default = Path("params.yaml")
         if not default.exists():
+            if Path(WORKSPACE_MARKER).exists():
+                raise ConfigError(f"{default.resolve()}: not found beside {WORKSPACE_MARKER} "
+                                  "(a line workspace); restore it or give --params FILE")
             return Params()
         candidate = default
     p = Path(candidate)
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: params file not found")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:

@@ -25,8 +25,8 @@ TINY: dict[str, Any] = {
     "data": {"image_height": 64, "image_width": 64},
     "demo": {"height": 64, "width": 64, "train_normal": 10, "train_defect": 5,
              "test_normal": 8, "test_defect": 8},
-    "model": {"batch_size": 4, "device": "cpu", "nn_use_gpu": False, "coreset_normal": 0.1,
-              "coreset_defect": 0.5, "calibration_patches": 500},
+    "model": {"runtime": {"batch_size": 4, "device": "cpu"}, "search": {"use_gpu": False},
+              "coreset": {"normal": 0.1, "defect": 0.5}, "banks": {"calibration_patches": 500}},
     "synth": {"count": 4},
     # Good candidates score ~0.98 / 0.94 here, a mislabelled one ~0.83 / 0.61.
     "gate": {"min_image_auroc": 0.9, "min_pixel_auroc": 0.85, "regression_tolerance": 0.05,
@@ -61,12 +61,12 @@ def make_line(root: Path, remote_url: str, extra: dict[str, Any] | None = None
 def training_set(root: Path, params: Params) -> list[Sample]:
     out = root / "train-data"
     if not out.exists():
-        make_demo(out, params.demo, seed=TRAIN_SEED)
+        make_demo(out, params.demo, seed=TRAIN_SEED, defects=params.synth.procedural)
     return load_samples(out, "train")
 
 
 def fit_candidate(params: Params, train: list[Sample], out: Path, **model: Any) -> Path:
-    """A real model; ``model`` overrides ModelConfig fields (seed, coreset size, ...)."""
+    """A real model; ``model`` overrides top-level ModelConfig fields (the seed)."""
     cfg = params.model.model_copy(update=model)
     ExDD(cfg, params.data).fit(train).save(out)
     return out

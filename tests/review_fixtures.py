@@ -32,8 +32,8 @@ TINY = {
     "data": {"image_height": 64, "image_width": 64},
     "demo": {"height": 64, "width": 48, "train_normal": 6, "train_defect": 2,
              "test_normal": 3, "test_defect": 3},
-    "model": {"batch_size": 4, "calibration_patches": 100, "nn_use_gpu": False,
-              "device": "cpu"},
+    "model": {"runtime": {"batch_size": 4, "device": "cpu"}, "search": {"use_gpu": False},
+              "banks": {"calibration_patches": 100}},
     "gate": {"min_image_auroc": 0.0, "min_pixel_auroc": 0.0, "regression_tolerance": 1.0,
              "overlay_images": 2},
     "publish": {"line": LINE, "probe_images": 2},
@@ -79,7 +79,7 @@ def build_line(root: Path, publish_models: bool = True) -> LineFixture:
     ws_params.write_text(yaml.safe_dump(raw))
     init_workspace(ws, ws_params, remote_url=str(root / "remote"))
     params = load_params(ws / "params.yaml")
-    demo = make_demo(root / "demo", params.demo)
+    demo = make_demo(root / "demo", params.demo, defects=params.synth.procedural)
     night_dir = ws / "data" / "dataset" / "night"
     night_dir.mkdir(parents=True)
     images = sorted(p for p in (demo / "test").glob("*.png") if not p.stem.endswith("_GT"))

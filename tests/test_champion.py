@@ -76,7 +76,7 @@ def test_a_rollback_pins_the_line_until_an_operator_unpins_it(
     # A pinned night: builds, evaluates and gates its candidate, records it, publishes nothing.
     ws = Workspace(line.workspace)
     head = ws.head()
-    code, out, _ = _cli(capsys, "nightly", "--line", LINE, "--config", str(line.params_file),
+    code, out, _ = _cli(capsys, "nightly", "--line", LINE, "--params", str(line.params_file),
                         "--run-id", "pinned-night")
     assert code == 0, out
     assert f"line {LINE} run pinned-night: pinned" in out

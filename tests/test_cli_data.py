@@ -41,7 +41,7 @@ def test_demo_uses_config_and_seed(tmp_path: Path, config: Path, capsys) -> None
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         out = tmp_path / name
         assert main(["data", "demo", "--out", str(out), "--seed", seed,
-                     "--config", str(config)]) == 0
+                     "--params", str(config)]) == 0
         runs[name] = _digest(out)
     samples = load_samples(tmp_path / "a")
     assert sum(s.split == "train" for s in samples) == 4
@@ -52,7 +52,7 @@ def test_demo_uses_config_and_seed(tmp_path: Path, config: Path, capsys) -> None
 
 def test_demo_refuses_a_foreign_folder(tmp_path: Path, config: Path, capsys) -> None:
     (tmp_path / "notes.txt").write_text("mine")
-    assert main(["data", "demo", "--out", str(tmp_path), "--config", str(config)]) == 2
+    assert main(["data", "demo", "--out", str(tmp_path), "--params", str(config)]) == 2
     assert "refusing to replace" in capsys.readouterr().err
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -72,7 +72,7 @@ def test_ksdd2_command(server, tmp_path: Path, capsys) -> None:  # noqa: F811
 def test_python_dash_m_entry_point(tmp_path: Path, config: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run([sys.executable, "-m", "exdd", "data", "demo", "--out", str(out),
-                           "--config", str(config)], capture_output=True, text=True, timeout=300)
+                           "--params", str(config)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"written to {out}" in done.stdout
     assert len(load_samples(out, "test")) == 4

@@ -20,7 +20,7 @@ from exdd.config import DemoConfig
 from exdd.data.demo import make_demo
 
 SMALL = {"data": {"image_height": 64, "image_width": 64},
-         "model": {"batch_size": 4, "coreset_normal": 0.1, "coreset_defect": 0.5}}
+         "model": {"runtime": {"batch_size": 4}, "coreset": {"normal": 0.1, "defect": 0.5}}}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def model_dir(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     data, cfg = setup
     out = tmp_path_factory.mktemp("m") / "model"
-    assert main(["fit", "--data", str(data), "--out", str(out), "--config", str(cfg)]) == 0
+    assert main(["fit", "--data", str(data), "--out", str(out), "--params", str(cfg)]) == 0
     return out
 
 
@@ -72,7 +72,7 @@ def test_single_bank_and_module_entry_point(setup: tuple[Path, Path], tmp_path: 
     out = tmp_path / "pc"
     proc = subprocess.run(
         [sys.executable, "-m", "exdd", "fit", "--data", str(data), "--out", str(out),
-         "--config", str(cfg), "--single-bank"], capture_output=True, text=True)
+         "--params", str(cfg), "--single-bank"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "model.json").read_text())
     assert meta["model"]["single_bank"] is True and meta["bank_sizes"]["defect"] == 0
@@ -99,9 +99,9 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(
     assert not out.exists()
 
     bad_cfg = tmp_path / "bad.yaml"
-    bad_cfg.write_text("model:\n  backbone: resnet9000\n")
-    assert "model.backbone" in _error(
-        ["fit", "--data", str(data), "--out", str(out), "--config", str(bad_cfg)], capsys)
+    bad_cfg.write_text("model:\n  features:\n    backbone: resnet9000\n")
+    assert "model.features.backbone" in _error(
+        ["fit", "--data", str(data), "--out", str(out), "--params", str(bad_cfg)], capsys)
 
     empty = tmp_path / "empty.csv"
     empty.write_text("image,mask,label,split\n")
@@ -115,7 +115,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(
     no_mask = tmp_path / "nomask.csv"
     no_mask.write_text(f"image,mask,label,split\n{data}/train/00000.png,,defect,train\n")
     assert "has no mask" in _error(["fit", "--data", str(no_mask), "--out", str(model_dir),
-                                    "--config", str(cfg)], capsys)
+                                    "--params", str(cfg)], capsys)
     assert (model_dir / "checksums.json").read_bytes() == before
 
 
@@ -179,7 +179,7 @@ def test_fit_on_a_full_disk_is_one_line_and_leaves_nothing(
         setup: tuple[Path, Path], tiny_disk: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data, cfg = setup
     out = tiny_disk / "model"
-    line = _error(["fit", "--data", str(data), "--out", str(out), "--config", str(cfg)], capsys)
+    line = _error(["fit", "--data", str(data), "--out", str(out), "--params", str(cfg)], capsys)
     assert line == f"exdd fit: error: {out}: cannot write (No space left on device)"
     assert list(tiny_disk.iterdir()) == []  # no staging folder, no half model
 
@@ -189,7 +189,7 @@ def test_writes_into_a_read_only_folder_are_one_line(
         capsys: pytest.CaptureFixture[str]) -> None:
     data, cfg = setup
     out = read_only_dir / "model"
-    line = _error(["fit", "--data", str(data), "--out", str(out), "--config", str(cfg)], capsys)
+    line = _error(["fit", "--data", str(data), "--out", str(out), "--params", str(cfg)], capsys)
     assert line.startswith(f"exdd fit: error: {out}: cannot write (")
     pred = read_only_dir / "pred"
     line = _error(["predict", "--model", str(model_dir), "--out", str(pred), str(data / "test")],
@@ -208,9 +208,9 @@ def test_garbage_weights_file_is_one_line_without_torch_advice(
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"this is not a checkpoint\n" * 40)
     cfg = tmp_path / "params.yaml"
-    cfg.write_text(yaml.safe_dump({**SMALL, "model": {**SMALL["model"],
-                                                      "backbone_weights": str(weights)}}))
-    line = _error(["fit", "--data", str(data), "--out", str(tmp_path / "m"), "--config",
+    cfg.write_text(yaml.safe_dump({**SMALL, "model": {
+        **SMALL["model"], "features": {"backbone_weights": str(weights)}}}))
+    line = _error(["fit", "--data", str(data), "--out", str(tmp_path / "m"), "--params",
                    str(cfg)], capsys)
     assert f"{weights}: cannot read backbone weights" in line
     assert "weights_only" not in line and "re-run" not in line.lower()

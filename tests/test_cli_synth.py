@@ -36,7 +36,8 @@ def test_config_file_sets_the_defaults(demo: Path, tmp_path: Path) -> None:
     params.write_text(yaml.safe_dump({"synth": {"count": 3, "seed": 1,
                                                 "procedural": {"kinds": ["scratch"]}}}))
     out = tmp_path / "syn"
-    assert main(["synthesize", "--data", str(demo), "--out", str(out), "--config", str(params)]) == 0
+    assert main(["synthesize", "--data", str(demo), "--out", str(out),
+                 "--params", str(params)]) == 0
     records = read_provenance(out)
     assert len(records) == 3 and all(r.detail["kinds"][0] == "scratch" for r in records)
 

@@ -131,7 +131,8 @@ class Nights:
     def drop_night(self, seed: int) -> None:
         """New demo images into the inbox, as the line delivers them."""
         params = self.line.params()
-        demo = make_demo(self.line.root / f"night-{seed}", params.demo, seed)
+        demo = make_demo(self.line.root / f"night-{seed}", params.demo, seed,
+                         params.synth.procedural)
         drop_into_inbox(load_samples(demo, "train"), self.line.workspace / "data/inbox",
                         params.intake)
 
@@ -300,15 +301,15 @@ def test_cli_scores_a_batch_lists_lines_and_outcomes(nights: Nights, night1: dic
                                                      capsys: pytest.CaptureFixture) -> None:
     ws, config = nights.line.workspace, str(nights.line.params_file)
     images = sorted((ws / "data/benchmark/test").glob("*[0-9].png"))[:3]
-    assert exdd_main(["score-batch", "--line", LINE, "--config", config, "--run-id", "batch-1",
+    assert exdd_main(["score-batch", "--line", LINE, "--params", config, "--run-id", "batch-1",
                       *map(str, images)]) == 0
     with open(ws / "reviews/scores/batch-1/scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     champion = str(nights.registry().alias(CHAMPION).version)
     assert [r["image"] for r in rows] == [str(p.relative_to(ws)) for p in images]
     assert {r["model_version"] for r in rows} == {champion}
-    assert exdd_main(["lines", "--config", config, "--field", "pool"]) == 0
-    assert exdd_main(["outcomes", "--line", LINE, "--config", config, "--json"]) == 0
+    assert exdd_main(["lines", "--params", config, "--field", "pool"]) == 0
+    assert exdd_main(["outcomes", "--line", LINE, "--params", config, "--json"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert f"exdd_{LINE}_repo" in out
     assert json.loads(out[-1])["run_id"] == nights.last_run()[0]
@@ -321,7 +322,7 @@ def test_cli_night_with_an_empty_inbox_ends_without_training(
     assert not [p for p in (ws / "data/inbox").iterdir() if p.is_file()]  # all filed already
     head = Workspace(ws).head()
     versions = len(nights.registry().versions())
-    assert exdd_main(["nightly", "--line", LINE, "--config", str(nights.line.params_file),
+    assert exdd_main(["nightly", "--line", LINE, "--params", str(nights.line.params_file),
                       "--run-id", "cli-empty"]) == 0
     outcome = nights.outcome("cli-empty")
     assert outcome["status"] == "no_new_data" and outcome["n_total"] == 0

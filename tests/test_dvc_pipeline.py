@@ -82,7 +82,7 @@ def test_a_model_param_invalidates_fit_but_not_the_data_stages(line) -> None:
     _, repo, params, _ = line
     original = (repo / "params.yaml").read_text()
     raw = yaml.safe_load(original)
-    raw["model"]["knn"] = params.model.knn + 1
+    raw["model"]["scoring"]["knn"] = params.model.scoring.knn + 1
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     try:
         changed = json.loads(dvc(repo, "status", "--json").stdout)
@@ -115,7 +115,7 @@ def test_workspace_init_cli(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPa
     config = write_params(tmp_path / "p.yaml",
                           {"publish": {"s3_endpoint_url": "http://127.0.0.1:9"}})
     target = tmp_path / "ws"
-    assert exdd_main(["workspace", "init", str(target), "--config", str(config),
+    assert exdd_main(["workspace", "init", str(target), "--params", str(config),
                       "--remote", "s3://line-bucket/demo"]) == 0
     ws = Workspace(target)
     assert ws.git("status", "--porcelain") == ""
@@ -130,7 +130,7 @@ def test_workspace_init_cli(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPa
     assert (target / "dvc.yaml").read_text() == shipped.read_text()
     assert (target / "data/inbox/labels.csv").is_file()
 
-    assert exdd_main(["workspace", "init", str(target), "--config", str(config)]) == 2
+    assert exdd_main(["workspace", "init", str(target), "--params", str(config)]) == 2
     assert "already holds a dvc.yaml" in capsys.readouterr().err
 
 

@@ -88,7 +88,8 @@ def test_failing_candidate_is_registered_as_rejected_never_champion(line) -> Non
 def test_champion_is_rescored_when_the_benchmark_changed(line) -> None:
     root, repo, params, models = line
     published = publish(models["good"], params, repo)  # gated in the first test
-    other = make_demo(root / "other-benchmark", params.demo, seed=3)
+    other = make_demo(root / "other-benchmark", params.demo, seed=3,
+                      defects=params.synth.procedural)
     samples = load_samples(other, "test")
     champion_dir = repo / params.publish.champion_dir
     champion_files = tree_digest(champion_dir)

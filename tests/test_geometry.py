@@ -72,7 +72,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fit_chooses_saves_and_predicts_at_the_data_size(demo: Path, tmp_path: Path) -> None:
-    model = ExDD(ModelConfig(batch_size=4, coreset_normal=0.1),
+    model = ExDD(ModelConfig(runtime={"batch_size": 4}, coreset={"normal": 0.1}),
                  DataConfig(pixel_budget=4096)).fit(load_samples(demo, "train"))
     h, w = model.data.input_size
     assert (h, w) == (80, 48)  # the demo's 64 x 48 (aspect 4 : 3) at 4,096 pixels, stride 16
@@ -86,14 +86,14 @@ def test_fit_chooses_saves_and_predicts_at_the_data_size(demo: Path, tmp_path: P
 def test_cli_input_size_flag_and_its_errors(demo: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "params.yaml"
-    cfg.write_text("model:\n  batch_size: 4\n  coreset_normal: 0.1\n")
+    cfg.write_text("model:\n  runtime: {batch_size: 4}\n  coreset: {normal: 0.1}\n")
     out = tmp_path / "m"
-    assert main(["fit", "--data", str(demo), "--out", str(out), "--config", str(cfg),
+    assert main(["fit", "--data", str(demo), "--out", str(out), "--params", str(cfg),
                  "--input-size", "48x64"]) == 0
     assert "input 48x64" in capsys.readouterr().out
     assert ExDD.load(out).data.input_size == (48, 64)
     for bad, needle in (("16x64", "below efficientnet_lite0's minimum"), ("big", "give HxW")):
-        assert main(["fit", "--data", str(demo), "--out", str(tmp_path / "x"), "--config",
+        assert main(["fit", "--data", str(demo), "--out", str(tmp_path / "x"), "--params",
                      str(cfg), "--input-size", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1

@@ -222,7 +222,7 @@ def test_cli_fails_a_broken_batch_and_sidecar_errors_change_nothing(
     (inbox / "labels.csv").write_text("picture,label\na.png,normal\n")
     before = files_in(inbox)
     config = params_file(tmp_path, max_failed_fraction=0.5)
-    argv = ["validate", "--inbox", str(inbox), "--dataset", str(ds), "--config", str(config)]
+    argv = ["validate", "--inbox", str(inbox), "--dataset", str(ds), "--params", str(config)]
 
     assert main(argv) == 2  # a sidecar without an image column: refused, nothing touched
     assert "labels.csv" in capsys.readouterr().err
@@ -266,7 +266,7 @@ def _exdd_validate(inbox: Path, ds: Path, report: Path, config: Path,
     if kill_at is not None:
         env[KILL_ENV] = str(kill_at)
     cmd = [sys.executable, "-m", "exdd", "validate", "--inbox", str(inbox), "--dataset", str(ds),
-           "--report", str(report), "--config", str(config)]
+           "--report", str(report), "--params", str(config)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "exdd"
-# Lowest first. A module belongs to the first entry that is a prefix of its name.
+# Lowest first. A module belongs to the first entry that is a prefix of its name. The
+# detector's settings types are pure data that the config hub reads: they sit at the base.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("exdd.errors", "exdd.fsutil", "exdd.runtime", "exdd.storage", "exdd.config"),
+    ("exdd.errors", "exdd.fsutil", "exdd.runtime", "exdd.storage", "exdd.config",
+     "exdd.detector.settings"),
     ("exdd.data",),
     ("exdd.detector",),
     ("exdd.evaluation", "exdd.inference"),
@@ -76,7 +78,7 @@ def test_every_layer_is_a_folder() -> None:
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and not p.name.startswith("_")}
     assert folders == {"data", "detector", "evaluation", "inference", "line", "pipeline",
                        "serving", "cli"}
-    assert top - folders == {f"{m.split('.')[1]}.py" for m in LAYERS[0]}
+    assert top - folders == {f"{m.split('.')[1]}.py" for m in LAYERS[0] if m.count(".") == 1}
 
 
 def test_no_import_cycles() -> None:

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from exdd.config import DataConfig, DemoConfig, ModelConfig
-from exdd.data.readers import load_samples
+from exdd.data.readers import load_samples, open_image, read_image, rgb_array
 from exdd.data.demo import make_demo
 from exdd.errors import DataError, ModelError
 from exdd.evaluation.evaluate import evaluate
 from exdd.detector.model import ExDD
-from exdd.detector.modelio import model_hash
+from exdd.detector.modelio import CHECKSUMS, CONTENT_FILES, model_hash
 
 DATA = DataConfig(image_height=64, image_width=64)
-MODEL = ModelConfig(batch_size=4, coreset_normal=0.1, coreset_defect=0.5)
+MODEL = ModelConfig(runtime={"batch_size": 4}, coreset={"normal": 0.1, "defect": 0.5})
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "model_v1"  # saved before the sections
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def fitted(demo: Path) -> ExDD:
 
 
 def test_fit_builds_both_banks_and_predict_shapes(fitted: ExDD, demo: Path) -> None:
-    assert fitted.bank_normal_.shape[1] == MODEL.projection_dim
+    assert fitted.bank_normal_.shape[1] == MODEL.features.projection_dim
     assert len(fitted.bank_defect_) > 0
     assert fitted.tau_normal_ > 0 and fitted.tau_defect_ > 0
     test = load_samples(demo, "test")
@@ -59,6 +61,34 @@ def test_save_load_roundtrip_is_byte_identical(fitted: ExDD, demo: Path, tmp_pat
     a, b = fitted.predict(paths), loaded.predict(paths)
     assert a.scores.tobytes() == b.scores.tobytes()
     assert a.maps.tobytes() == b.maps.tobytes()
+
+
+def test_a_model_saved_before_the_sections_saves_to_the_same_files(tmp_path: Path) -> None:
+    """The model directory format does not follow the settings' grouping: a model written
+    by the flat-settings exdd loads and saves to byte-identical files, so the same hash."""
+    loaded = ExDD.load(FIXTURE)
+    assert loaded.model.search.index == "hnsw" and loaded.model.scoring.rule == "calibrated"
+    assert loaded.model.features.projection_dim == 8 and loaded.model.seed == 3
+    assert loaded.save(tmp_path / "again") == model_hash(FIXTURE)
+    for name in (*CONTENT_FILES, CHECKSUMS):
+        assert (tmp_path / "again" / name).read_bytes() == (FIXTURE / name).read_bytes(), name
+
+
+def test_score_on_arrays_is_predict_on_files(fitted: ExDD, demo: Path) -> None:
+    """predict reads files into the arrays score takes: both give the same bytes."""
+    paths = [s.image for s in load_samples(demo, "test")][:5]
+    h, w = fitted.input_size
+    on_files = fitted.predict(paths)
+    floats = fitted.score([read_image(p, h, w) for p in paths])
+    uint8 = fitted.score(np.stack([  # as a camera would hand them over, at the input size
+        np.asarray(open_image(p).convert("RGB").resize((w, h), Image.BILINEAR)) for p in paths]))
+    for pred in (floats, uint8):
+        assert pred.scores.tobytes() == on_files.scores.tobytes()
+        assert pred.maps.tobytes() == on_files.maps.tobytes()
+    with pytest.raises(DataError, match=r"image 0: shape \(48, 64, 3\) is not the model's input"):
+        fitted.score([rgb_array(open_image(paths[0]), 48, 64)])
+    with pytest.raises(DataError, match="no images"):
+        fitted.score([])
 
 
 def test_fit_is_deterministic(fitted: ExDD, demo: Path, tmp_path: Path) -> None:
@@ -88,9 +118,9 @@ def test_missing_file_and_missing_dir(fitted: ExDD, tmp_path: Path) -> None:
 
 def test_single_bank_and_reference_rule(demo: Path) -> None:
     train = load_samples(demo, "train")
-    single = ExDD(MODEL.model_copy(update={"single_bank": True}), DATA).fit(train)
+    single = ExDD(MODEL.updated(scoring={"single_bank": True}), DATA).fit(train)
     assert len(single.bank_defect_) == 0
-    ref = ExDD(MODEL.model_copy(update={"scoring": "reference"}), DATA).fit(train)
+    ref = ExDD(MODEL.updated(scoring={"rule": "reference"}), DATA).fit(train)
     test = load_samples(demo, "test")
     for model in (single, ref):
         pred = model.predict([s.image for s in test])
@@ -101,16 +131,16 @@ def test_predict_settings_change_without_refit(fitted: ExDD, demo: Path) -> None
     """The same banks searched by the HNSW graph: the same maps up to its rare misses."""
     paths = [s.image for s in load_samples(demo, "test")]
     exact = fitted.predict(paths)
-    graph = fitted.with_predict_settings(nn_index="hnsw")
-    assert graph.model.nn_index == "hnsw" and fitted.model.nn_index == "flat"
+    graph = fitted.with_predict_settings(search={"index": "hnsw"})
+    assert graph.model.search.index == "hnsw" and fitted.model.search.index == "flat"
     assert graph.bank_normal_ is fitted.bank_normal_
     approx = graph.predict(paths)
     assert np.corrcoef(exact.scores, approx.scores)[0, 1] > 0.99
     assert np.isclose(approx.maps, exact.maps, rtol=1e-4, atol=1e-6).mean() > 0.95
-    with pytest.raises(ModelError, match="coreset_normal: not predict-time"):
-        fitted.with_predict_settings(coreset_normal=0.5)
+    with pytest.raises(ModelError, match="coreset: not predict-time"):
+        fitted.with_predict_settings(coreset={"normal": 0.5})
     with pytest.raises(ModelError, match="not fitted"):
-        ExDD(MODEL, DATA).with_predict_settings(scoring="reference")
+        ExDD(MODEL, DATA).with_predict_settings(scoring={"rule": "reference"})
 
 
 def test_no_normals_or_no_defects(demo: Path) -> None:
@@ -124,9 +154,9 @@ def test_no_normals_or_no_defects(demo: Path) -> None:
 def test_streaming_chunks_bound_the_buffer(demo: Path) -> None:
     """A buffer smaller than the data gives a union of per-chunk coresets of the same size."""
     train = load_samples(demo, "train")
-    small = ExDD(MODEL.model_copy(update={"stream_chunk_patches": 1000}), DATA).fit(train)
+    small = ExDD(MODEL.updated(banks={"stream_chunk_patches": 1000}), DATA).fit(train)
     n_normal_patches = sum(s.label == 0 for s in train) * int(np.prod(small.grid_))
-    expected = sum(max(1, int(round(MODEL.coreset_normal * n)))
+    expected = sum(max(1, int(round(MODEL.coreset.normal * n)))
                    for n in _chunks(n_normal_patches, 1000))
     assert abs(len(small.bank_normal_) - expected) <= len(_chunks(n_normal_patches, 1000))
     assert json.dumps(small.fit_timings_)

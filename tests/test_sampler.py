@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from exdd.config import ModelConfig
+from exdd.detector.settings import CoresetSettings
 from exdd.errors import DataError
 from exdd.detector.sampler import GreedyCoresetSampler, coverage_radius, pca_sketch
 
@@ -43,7 +43,8 @@ def clustered(n: int, dim: int, seed: int) -> np.ndarray:
 )
 def test_radius_within_tolerance_of_exact_greedy(data, dim: int, projection_dim: int) -> None:
     feats = data(3000, dim, seed=5)
-    sampler = GreedyCoresetSampler(0.05, projection_dim, seed=2, progress=False)
+    sampler = GreedyCoresetSampler(0.05, 2, CoresetSettings(projection_dim=projection_dim),
+                                   progress=False)
     chosen = sampler.select(feats)
     reference = naive_greedy(sampler.project(feats), int(chosen[0]), chosen.size)
     fast, exact = coverage_radius(feats, chosen), coverage_radius(feats, reference)
@@ -55,7 +56,7 @@ def test_radius_within_tolerance_of_exact_greedy(data, dim: int, projection_dim:
 def test_few_groups_per_step_still_pick_the_farthest_patch(max_groups: int) -> None:
     """Skipped groups go stale; the check before each pick must keep the result greedy."""
     feats = clustered(3000, 24, seed=11)
-    sampler = GreedyCoresetSampler(0.04, seed=3, max_groups=max_groups, sketch_dim=6,
+    sampler = GreedyCoresetSampler(0.04, 3, CoresetSettings(max_groups=max_groups, sketch_dim=6),
                                    progress=False)
     chosen = sampler.select(feats)
     reference = naive_greedy(feats, int(chosen[0]), chosen.size)
@@ -87,7 +88,7 @@ def test_radius_is_the_largest_distance_to_the_selection() -> None:
 
 def test_projection_only_narrows_wide_features() -> None:
     narrow, wide = uniform(100, 16, 0), uniform(100, 64, 0)
-    sampler = GreedyCoresetSampler(0.1, projection_dim=32, seed=4)
+    sampler = GreedyCoresetSampler(0.1, 4, CoresetSettings(projection_dim=32))
     assert sampler.project(narrow) is narrow  # no copy when already narrow enough
     projected = sampler.project(wide)
     assert projected.shape == (100, 32)
@@ -110,30 +111,30 @@ def test_same_seed_same_coreset_other_seed_other_start() -> None:
 def test_fraction_edge_cases() -> None:
     feats = uniform(57, 4, 0)
     np.testing.assert_array_equal(
-        GreedyCoresetSampler(1.0, progress=False).select(feats), np.arange(57)
+        GreedyCoresetSampler(1.0, 0, progress=False).select(feats), np.arange(57)
     )
-    assert GreedyCoresetSampler(1e-6, progress=False).select(feats).size == 1
-    assert GreedyCoresetSampler(0.5, progress=False).select(feats[:1]).tolist() == [0]
+    assert GreedyCoresetSampler(1e-6, 0, progress=False).select(feats).size == 1
+    assert GreedyCoresetSampler(0.5, 0, progress=False).select(feats[:1]).tolist() == [0]
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(DataError, match="fraction"):
-            GreedyCoresetSampler(bad)
+            GreedyCoresetSampler(bad, 0)
     for empty in (np.zeros((0, 4), np.float32), np.zeros(4, np.float32)):
         with pytest.raises(DataError, match="non-empty"):
-            GreedyCoresetSampler(0.5).select(empty)
+            GreedyCoresetSampler(0.5, 0).select(empty)
 
 
 def test_duplicate_points_still_give_distinct_indices() -> None:
     """Once every point coincides with a member, the remaining picks must not repeat."""
     feats = np.repeat(uniform(3, 5, 1), 10, axis=0)  # 3 distinct points, 10 copies each
-    chosen = GreedyCoresetSampler(0.4, progress=False).select(feats)
+    chosen = GreedyCoresetSampler(0.4, 0, progress=False).select(feats)
     assert chosen.size == 12 and np.unique(chosen).size == 12
     assert coverage_radius(feats, chosen) == pytest.approx(0.0, abs=1e-3)
 
 
-def test_from_config_uses_the_coreset_settings() -> None:
-    cfg = ModelConfig(coreset_projection_dim=16, seed=5, coreset_chunk_size=100,
-                      coreset_max_groups=2, coreset_sketch_dim=3, coreset_sketch_sample=500)
-    sampler = GreedyCoresetSampler.from_config(0.25, cfg, progress=False)
+def test_sampler_uses_the_coreset_settings() -> None:
+    cfg = CoresetSettings(projection_dim=16, chunk_size=100, max_groups=2, sketch_dim=3,
+                          sketch_sample=500)
+    sampler = GreedyCoresetSampler(0.25, 5, cfg, progress=False)
     assert (sampler.fraction, sampler.projection_dim, sampler.seed) == (0.25, 16, 5)
     assert (sampler.chunk_size, sampler.max_groups, sampler.sketch_dim,
             sampler.sketch_sample) == (100, 2, 3, 500)
@@ -143,7 +144,8 @@ def test_from_config_uses_the_coreset_settings() -> None:
 def test_small_chunks_give_the_same_coreset() -> None:
     feats = clustered(1500, 12, seed=3)
     big = GreedyCoresetSampler(0.04, seed=1, progress=False).select(feats)
-    small = GreedyCoresetSampler(0.04, seed=1, chunk_size=64, progress=False).select(feats)
+    small = GreedyCoresetSampler(0.04, 1, CoresetSettings(chunk_size=64),
+                                 progress=False).select(feats)
     np.testing.assert_array_equal(big, small)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from exdd.detector.index import NearestNeighbourIndex
-from exdd.config import ModelConfig
+from exdd.detector.settings import ScoringSettings, SearchSettings
 from exdd.detector.scoring import Bank, MapUpsampler, Scorer, top_k_mean
 
 
@@ -57,12 +57,11 @@ def test_calibrated_scorer_on_a_batch_matches_its_definition() -> None:
     defect = (rng.normal(size=(60, 16)) + 3).astype(np.float32)
     patches = rng.normal(size=(3, 6, 5, 16)).astype(np.float32)
     patches[1, 2:4, 1:3] += 3  # a defect-like region in image 1
-    rule = ModelConfig(scoring="calibrated", smoothing_sigma=2.0, top_k_fraction=0.01,
-                       nn_use_gpu=False)
+    rule = ScoringSettings(rule="calibrated", smoothing_sigma=2.0, top_k_fraction=0.01)
     tau_p = 1.5
     scorer = Scorer(
-        Bank(normal, NearestNeighbourIndex(use_gpu=False).fit(normal), 1.0),
-        Bank(defect, NearestNeighbourIndex(use_gpu=False).fit(defect), tau_p),
+        Bank(normal, NearestNeighbourIndex(SearchSettings(use_gpu=False)).fit(normal), 1.0),
+        Bank(defect, NearestNeighbourIndex(SearchSettings(use_gpu=False)).fit(defect), tau_p),
         MapUpsampler((6, 5), (24, 20), rule.smoothing_sigma), rule,
     )
     scores, maps = scorer(patches)
@@ -85,11 +84,11 @@ def test_weighted_scorer_matches_its_definition(power: float, pooling: str) -> N
     defect = (rng.normal(size=(60, 16)) + 3).astype(np.float32)
     patches = rng.normal(size=(3, 6, 5, 16)).astype(np.float32)
     patches[2, 1:3, 2:4] += 3
-    rule = ModelConfig(scoring="weighted", defect_weight=power, image_score=pooling,
-                       smoothing_sigma=2.0, top_k_fraction=0.02, nn_use_gpu=False)
+    rule = ScoringSettings(rule="weighted", defect_weight=power, image_score=pooling,
+                           smoothing_sigma=2.0, top_k_fraction=0.02)
     scorer = Scorer(
-        Bank(normal, NearestNeighbourIndex(use_gpu=False).fit(normal), 1.0),
-        Bank(defect, NearestNeighbourIndex(use_gpu=False).fit(defect), 1.0),
+        Bank(normal, NearestNeighbourIndex(SearchSettings(use_gpu=False)).fit(normal), 1.0),
+        Bank(defect, NearestNeighbourIndex(SearchSettings(use_gpu=False)).fit(defect), 1.0),
         MapUpsampler((6, 5), (24, 20), rule.smoothing_sigma), rule,
     )
     scores, maps = scorer(patches)
@@ -107,6 +106,6 @@ def test_weighted_scorer_matches_its_definition(power: float, pooling: str) -> N
 
 
 def test_reweighted_image_score_is_single_bank_only() -> None:
-    assert ModelConfig(single_bank=True, image_score="reweighted").image_score == "reweighted"
+    assert ScoringSettings(single_bank=True, image_score="reweighted").image_score == "reweighted"
     with pytest.raises(ValueError, match="single-bank score"):
-        ModelConfig(image_score="reweighted")
+        ScoringSettings(image_score="reweighted")

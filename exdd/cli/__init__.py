@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "exdd.cli.pipeline",
     "exdd.cli.serve",
     "exdd.cli.line",
+    "exdd.cli.params",
 )
 
 

@@ -30,9 +30,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     refuse_foreign(out)
-    cfg = load_params(args.config).demo
-    make_demo(out, cfg, seed=args.seed)
-    seed = cfg.seed if args.seed is None else args.seed
+    params = load_params(args.params)
+    make_demo(out, params.demo, seed=args.seed, defects=params.synth.procedural)
+    seed = params.demo.seed if args.seed is None else args.seed
     print(f"demo data set (seed {seed}) written to {out}: {_summary(out)}")
     return 0
 
@@ -64,5 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = kinds.add_parser("demo", help="generate the deterministic demo data set")
     demo.add_argument("--out", required=True, help="folder to create (train/ and test/)")
     demo.add_argument("--seed", type=int, help="overrides demo.seed of the config")
-    demo.add_argument("--config", help="params.yaml to use (its demo section)")
+    demo.add_argument("--params", help="params file to use (its demo and synth.procedural "
+                                       "sections)")
     demo.set_defaults(func=_demo)

@@ -24,15 +24,12 @@ METRICS_FILE = "metrics.json"
 def _fit(args: argparse.Namespace) -> int:
     from exdd.detector.model import ExDD
 
-    params = load_params(args.config)
-    updates: dict[str, object] = {}
-    if args.backbone:
-        updates["backbone"] = args.backbone
-    if args.single_bank:
-        updates["single_bank"] = True
+    params = load_params(args.params)
+    features = {"backbone": args.backbone} if args.backbone else {}
+    scoring: dict[str, object] = {"single_bank": True} if args.single_bank else {}
     if args.scoring:
-        updates["scoring"] = args.scoring
-    model_cfg = params.model.model_validate({**params.model.model_dump(), **updates})
+        scoring["rule"] = args.scoring
+    model_cfg = params.model.updated(features=features, scoring=scoring)
     train = load_samples(args.data, "train")
     synthetic = [s for d in args.synthetic or [] for s in load_samples(d) if s.label == 1]
     if args.synthetic and not synthetic:
@@ -99,7 +96,6 @@ def report_unreadable(failed: list) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from exdd.inference.batch import write_predictions
     from exdd.line.champion import is_models_uri, load_models_uri, model_threshold
-    from exdd.config import Params
     from exdd.detector.model import ExDD
     from exdd.detector.modelio import model_hash
 
@@ -107,10 +103,8 @@ def _predict(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="exdd-predict-") as tmp:
         if is_models_uri(args.model):
             repo = Path(args.repo).resolve()
-            config = args.config or (repo / "params.yaml" if (repo / "params.yaml").is_file()
-                                     else None)
-            loaded = load_models_uri(args.model, load_params(config) if config else Params(),
-                                     repo, Path(tmp))
+            params = load_params(args.params or repo / "params.yaml")  # none: error, no defaults
+            loaded = load_models_uri(args.model, params, repo, Path(tmp))
             model_dir, version = loaded.model_dir, str(loaded.version)
             threshold, digest = loaded.threshold, loaded.model_hash
             label = f"{args.model} (version {version}, model {digest[:12]})"
@@ -141,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "images' aspect at data.pixel_budget pixels)")
     fit.add_argument("--synthetic", action="append", metavar="DIR",
                      help="synthetic defect set for the positive bank (repeatable)")
-    fit.add_argument("--config", help="params.yaml to use")
+    fit.add_argument("--params", help="params file to use")
     fit.set_defaults(func=_fit)
 
     ev = sub.add_parser("evaluate", help="metrics of a model on a data set's test split")
@@ -158,8 +152,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "models:/exdd-<line>/<version> of the --repo workspace's registry, "
                          "checked against the model hash the registry recorded")
     pr.add_argument("--repo", default=".", help="line workspace of a models:/ URI")
-    pr.add_argument("--config", help="params.yaml for a models:/ URI (default: the "
-                                      "workspace's)")
+    pr.add_argument("--params", help="params file for a models:/ URI (default: the "
+                                      "workspace's params.yaml)")
     pr.add_argument("--out", required=True)
     pr.add_argument("--threshold", type=float, help="flag threshold (default: the model's F1-max)")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", type=Path, default=None,
                    help="report folder (intake.json + data_docs/); "
                         "default DIR-reports/<batch> beside the data set")
-    p.add_argument("--config", default=None,
-                   help="params.yaml (default: $EXDD_PARAMS, else ./params.yaml)")
+    p.add_argument("--params", default=None,
+                   help="params file (default: $EXDD_PARAMS, else ./params.yaml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run_validate)
 
@@ -59,7 +59,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from exdd.config import load_params
     from exdd.line.intake import validate_inbox
 
-    params = load_params(args.config)
+    params = load_params(args.params)
     result = validate_inbox(args.inbox, args.dataset, args.report, params.intake, params.data)
     if result.n_total == 0 and not args.json:  # a quiet night, not a failed batch: exit 0
         print(f"no new data: the inbox {args.inbox} holds no files; nothing to validate")

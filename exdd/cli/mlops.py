@@ -2,7 +2,7 @@
 lifecycle.
 
 Each command works on a line workspace (``--repo``, default the current folder) and its
-params.yaml (``--config`` overrides); ``--line`` picks the line. The library modules are
+params.yaml (``--params`` names another); ``--line`` picks the line. The library modules are
 imported inside the handlers: MLflow and DVC cost seconds to import.
 """
 
@@ -23,8 +23,7 @@ def _context(args: argparse.Namespace) -> tuple[Params, Path]:
     repo = Path(args.repo).resolve()
     if not repo.is_dir():
         raise ConfigError(f"{repo}: no such line workspace (--repo)")
-    config = args.config or (repo / "params.yaml" if (repo / "params.yaml").is_file() else None)
-    params = load_params(config) if config else Params()
+    params = load_params(args.params or repo / "params.yaml")  # none there: an error, no defaults
     if args.line:
         params.publish.line = args.line
     return params, repo
@@ -132,7 +131,7 @@ def _figure(text: str | None) -> str:
 def _workspace_init(args: argparse.Namespace) -> int:
     from exdd.line.workspace import init_workspace
 
-    ws = init_workspace(Path(args.dir), args.config, args.remote, demo=not args.no_demo)
+    ws = init_workspace(Path(args.dir), args.params, args.remote, demo=not args.no_demo)
     print(f"workspace ready in {ws.root}: run `dvc repro` there, then `exdd gate` and "
           "`exdd publish`")
     return 0
@@ -154,7 +153,8 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="params.yaml to use (default: the workspace's)")
+    parser.add_argument("--params",
+                        help="params file to use (default: the workspace's params.yaml)")
     parser.add_argument("--line", help="line name (default: publish.line of the params)")
     parser.add_argument("--repo", default=".", help="line workspace (git + DVC repository)")
 
@@ -200,6 +200,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     init = ws_sub.add_parser("init", help="create a workspace with the pipeline and demo data")
     init.add_argument("dir", metavar="DIR")
     init.add_argument("--remote", help="DVC remote URL (default: publish.dvc_remote_url)")
-    init.add_argument("--config", help="params.yaml to copy in (default: exdd's own)")
+    init.add_argument("--params", help="params file to copy in (default: exdd's own)")
     init.add_argument("--no-demo", action="store_true", help="no demo inbox and benchmark")
     init.set_defaults(func=_workspace_init)

@@ -95,7 +95,9 @@ def _drop_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"line {args.line}: inbox {run.line.inbox} is on S3; drop-demo "
                           "writes local inbox folders only")
     with tempfile.TemporaryDirectory(prefix="exdd-demo-") as tmp:
-        night = load_samples(make_demo(Path(tmp) / "demo", run.params.demo, args.seed), "train")
+        demo = make_demo(Path(tmp) / "demo", run.params.demo, args.seed,
+                         run.params.synth.procedural)
+        night = load_samples(demo, "train")
         inbox = drop_into_inbox(night, run.path(run.line.inbox), run.params.intake)
     print(f"{len(night)} new demo image(s) (seed {args.seed}) dropped into {inbox}")
     return 0
@@ -103,7 +105,7 @@ def _drop_demo(args: argparse.Namespace) -> int:
 
 def params_argument(parser: argparse.ArgumentParser) -> None:
     """``--params FILE``: the platform params file, the one listing the lines."""
-    parser.add_argument("--params", "--config", dest="params", type=Path,
+    parser.add_argument("--params", type=Path,
                         help="params file listing the lines (default: $EXDD_PARAMS, else "
                              "./params.yaml)")
 

@@ -10,7 +10,7 @@ from exdd.config import load_params
 def _synthesize(args: argparse.Namespace) -> int:
     from exdd.data.synth import PROVENANCE_FILE, synthesize
 
-    params = load_params(args.config)
+    params = load_params(args.params)
     cfg = params.synth
     if args.model_id:
         cfg = cfg.model_copy(update={"model_id": args.model_id})
@@ -34,5 +34,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="default: synth.seed")
     p.add_argument("--model-id", help="SDXL inpainting hub id or local directory "
                    "(default: synth.model_id)")
-    p.add_argument("--config", help="params.yaml to use")
+    p.add_argument("--params", help="params file to use")
     p.set_defaults(func=_synthesize)

@@ -3,7 +3,8 @@
 It lets every command, test and DAG run without downloading anything. Surfaces are brushed
 (streaks blurred along x), grainy, lit by a slow illumination gradient and carry sensor
 noise; defects come from the procedural synthetic-defect renderer, so the demo and the
-offline synthetic backend share one drawing code. Same seed, byte-identical files.
+offline synthetic backend share one drawing code and its settings
+(``synth.procedural``). Same seed, byte-identical files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from exdd.config import DemoConfig
+from exdd.config import DemoConfig, ProceduralConfig
 from exdd.fsutil import atomic_dir
 from exdd.data.synth.images import mask_image, to_image
 from exdd.data.synth.procedural import render_defects
@@ -41,12 +42,15 @@ def _write(folder: Path, index: int, img: np.ndarray, mask: np.ndarray) -> None:
     mask_image(mask).save(folder / f"{index:05d}_GT.png")
 
 
-def make_demo(out: Path, cfg: DemoConfig, seed: int | None = None) -> Path:
+def make_demo(out: Path, cfg: DemoConfig, seed: int | None = None,
+              defects: ProceduralConfig | None = None) -> Path:
     """Write the demo set (KSDD2 layout: train/ and test/ with NNNNN.png + NNNNN_GT.png).
 
-    ``seed`` overrides ``cfg.seed``. Defect-free images have an all-zero mask. The folder
-    appears whole or not at all.
+    ``seed`` overrides ``cfg.seed``; ``defects`` are the renderer's settings (params'
+    ``synth.procedural``; default: its defaults). Defect-free images have an all-zero mask.
+    The folder appears whole or not at all.
     """
+    defects = defects or ProceduralConfig()
     rng = np.random.default_rng(cfg.seed if seed is None else seed)
     counts = {"train": (cfg.train_normal, cfg.train_defect),
               "test": (cfg.test_normal, cfg.test_defect)}
@@ -61,7 +65,7 @@ def make_demo(out: Path, cfg: DemoConfig, seed: int | None = None) -> Path:
                 img = surface(rng, cfg)
                 mask = np.zeros(img.shape[:2], dtype=bool)
                 if label:  # the renderer redraws invisible defects: the mask is never empty
-                    img, mask, _ = render_defects(img, rng, cfg.defects)
+                    img, mask, _ = render_defects(img, rng, defects)
                 img = img + cfg.noise * rng.standard_normal(img.shape).astype(np.float32)
                 _write(folder, index, img, mask)
     return out

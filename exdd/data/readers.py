@@ -132,12 +132,19 @@ def image_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-def read_image(path: Path, height: int | None = None, width: int | None = None) -> np.ndarray:
-    """RGB float32 array (H, W, 3) in [0, 1], resized to (height, width) when given."""
-    img = open_image(Path(path)).convert("RGB")
+def rgb_array(img: Image.Image, height: int | None = None, width: int | None = None
+              ) -> np.ndarray:
+    """RGB float32 array (H, W, 3) in [0, 1], resized to (height, width) when given: the
+    detector's input (``ExDD.score``) from a decoded image."""
+    img = img.convert("RGB")
     if height is not None and width is not None:
         img = img.resize((width, height), Image.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def read_image(path: Path, height: int | None = None, width: int | None = None) -> np.ndarray:
+    """``rgb_array`` of an image file."""
+    return rgb_array(open_image(Path(path)), height, width)
 
 
 def read_mask(path: Path | None, height: int, width: int, threshold: int = 127,

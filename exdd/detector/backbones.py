@@ -139,7 +139,7 @@ def _torchvision_wrn_state() -> dict[str, torch.Tensor]:
             "wide_resnet50_2 ImageNet weights are not in the torch cache "
             f"({torch.hub.get_dir()}/checkpoints) and could not be downloaded ({type(err).__name__}); "
             f"download {Wide_ResNet50_2_Weights.IMAGENET1K_V1.url} and give its path in "
-            f"model.backbone_weights or ${WEIGHTS_ENV}"
+            f"model.features.backbone_weights or ${WEIGHTS_ENV}"
         ) from None
 
 

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_dilation
 
 from exdd.detector.index import NearestNeighbourIndex
-from exdd.config import ModelConfig
-from exdd.errors import DataError
 from exdd.detector.sampler import GreedyCoresetSampler
+from exdd.detector.settings import BankSettings, CoresetSettings, SearchSettings
+from exdd.errors import DataError
 
 
 def defect_cells(masks: np.ndarray, grid: tuple[int, int], dilation: int) -> np.ndarray:
@@ -37,22 +37,28 @@ def defect_cells(masks: np.ndarray, grid: tuple[int, int], dilation: int) -> np.
 
 @dataclass
 class BankBuilder:
-    """Accumulates patch features; ``finish`` returns (bank, tau)."""
+    """Accumulates (n, ``dim``) patch features; ``finish`` returns (bank, tau).
+
+    ``fraction`` and ``min_keep`` size the coreset, ``search`` the index that measures tau.
+    """
 
     fraction: float
-    model: ModelConfig
+    dim: int
+    seed: int
+    banks: BankSettings
+    coreset: CoresetSettings
+    search: SearchSettings
     min_keep: int = 1
     timings: dict[str, float] = field(default_factory=lambda: {"coreset": 0.0, "indexing": 0.0})
 
     def __post_init__(self) -> None:
-        self.dim = self.model.projection_dim
-        self.chunk_patches = self.model.stream_chunk_patches
-        self.calibration_patches = self.model.calibration_patches
+        self.chunk_patches = self.banks.stream_chunk_patches
+        self.calibration_patches = self.banks.calibration_patches
         self._buffer = np.empty((0, self.dim), np.float32)
         self._filled = 0
         self._selected: list[np.ndarray] = []
         self._probes: list[np.ndarray] = []
-        self._rng = np.random.default_rng(self.model.seed)
+        self._rng = np.random.default_rng(self.seed)
         self.seen = 0
 
     def add(self, feats: np.ndarray) -> None:
@@ -73,8 +79,8 @@ class BankBuilder:
     def _reduce(self) -> None:
         chunk = self._buffer[: self._filled]
         start = time.perf_counter()
-        chosen = GreedyCoresetSampler.from_config(self.fraction, self.model,
-                                                   self.min_keep).select(chunk)
+        chosen = GreedyCoresetSampler(self.fraction, self.seed, self.coreset,
+                                      min_keep=self.min_keep).select(chunk)
         self.timings["coreset"] += time.perf_counter() - start
         self._selected.append(chunk[chosen].copy())
         left_out = np.setdiff1d(np.arange(len(chunk)), chosen)
@@ -94,7 +100,7 @@ class BankBuilder:
         if len(bank) < 2 and not self._probes:
             return bank, 1.0
         start = time.perf_counter()
-        index = NearestNeighbourIndex.from_config(self.model)
+        index = NearestNeighbourIndex(self.search)
         index.fit(bank)
         if self._probes:
             probes = np.concatenate(self._probes)
@@ -105,4 +111,4 @@ class BankBuilder:
         else:  # every patch was kept: each one's distance to its nearest other bank patch
             dist = index.search(bank, 2)[0][:, 1]
         self.timings["indexing"] += time.perf_counter() - start
-        return bank, float(np.quantile(dist, self.model.tau_quantile))
+        return bank, float(np.quantile(dist, self.banks.tau_quantile))

@@ -29,6 +29,7 @@ class PatchEmbedder:
         self.backbone = backbone.to(device)
         self.kernel = aggregation_kernel
         self.device = device
+        self.projection_matrix = projection  # as given: what a saved model stores
         self.projection = torch.from_numpy(projection).to(device)
 
     @property

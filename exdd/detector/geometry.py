@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
 
-from exdd.config import INPUT_PRESETS, DataConfig
 from exdd.data.readers import image_size
+from exdd.detector.settings import INPUT_PRESETS, DataConfig
 from exdd.errors import ConfigError
 
 

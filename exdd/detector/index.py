@@ -4,7 +4,7 @@ Scoring asks "how far is this patch from the closest bank patch" millions of tim
 flat L2 index answers that exactly with BLAS, on the GPU when faiss was built with GPU
 support and a device is visible. Distances come back euclidean (faiss returns squared).
 
-``nn_index: hnsw`` trades exactness for speed on CPU (a graph index, PatchCore's
+``search.index: hnsw`` trades exactness for speed on CPU (a graph index, PatchCore's
 "approximate" option): on two CPU cores exact search of a paper-sized bank costs more than
 the backbone forward, the graph about a third of that (docs/benchmarks.md). It is built
 single-threaded so that the same bank always gives the same graph, and therefore the same
@@ -16,10 +16,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from exdd.config import ModelConfig
+from exdd.detector.settings import SearchSettings
 from exdd.errors import ModelError
-
-_DEFAULTS = ModelConfig()
 
 
 def gpu_available() -> bool:
@@ -30,22 +28,15 @@ def gpu_available() -> bool:
 class NearestNeighbourIndex:
     """Exact L2 index: ``fit(bank)``, then ``search(queries, k)`` in batches."""
 
-    def __init__(self, use_gpu: bool = _DEFAULTS.nn_use_gpu,
-                 batch_size: int = _DEFAULTS.nn_batch_size, kind: str = _DEFAULTS.nn_index,
-                 hnsw_m: int = _DEFAULTS.nn_hnsw_m, hnsw_ef: int = _DEFAULTS.nn_hnsw_ef) -> None:
-        self.use_gpu = use_gpu
-        self.batch_size = batch_size
-        self.kind = kind
-        self.hnsw_m = hnsw_m
-        self.hnsw_ef = hnsw_ef
+    def __init__(self, settings: SearchSettings | None = None) -> None:
+        settings = settings or SearchSettings()
+        self.use_gpu = settings.use_gpu
+        self.batch_size = settings.batch_size
+        self.kind = settings.index
+        self.hnsw_m = settings.hnsw_m
+        self.hnsw_ef = settings.hnsw_ef
         self._index: faiss.Index | None = None
         self._gpu_resources: object | None = None
-
-    @classmethod
-    def from_config(cls, model: ModelConfig) -> NearestNeighbourIndex:
-        """The index with the ``nn_*`` settings of ``model``."""
-        return cls(model.nn_use_gpu, model.nn_batch_size, model.nn_index, model.nn_hnsw_m,
-                   model.nn_hnsw_ef)
 
     @property
     def on_gpu(self) -> bool:

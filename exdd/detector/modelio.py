@@ -3,7 +3,9 @@
 A model directory holds the content that defines the model (``CONTENT_FILES``) and a
 ``checksums.json`` over them; its sha256 is the model hash that versions, tags and the
 registry refer to. ``metrics.json`` and ``gate.json`` are annotations written later, kept
-out of the hash so evaluating a model does not change its identity.
+out of the hash so evaluating a model does not change its identity. ``model.json`` keeps
+the model settings flat (their keys before the settings had sections), so the files and
+the hash of a model depend on its content only.
 """
 
 from __future__ import annotations
@@ -12,17 +14,14 @@ import hashlib
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from exdd import __version__
-from exdd.config import DataConfig, ModelConfig
-from exdd.errors import ModelError
+from exdd.detector.settings import DataConfig, from_flat, to_flat
+from exdd.detector.state import FittedState
+from exdd.errors import ConfigError, ModelError
 from exdd.fsutil import atomic_dir, sha256_file, write_text_atomic
-
-if TYPE_CHECKING:
-    from exdd.detector.model import ExDD
 
 FORMAT_VERSION = 1
 META = "model.json"
@@ -41,26 +40,24 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
-def save_model(model: ExDD, directory: str | Path) -> str:
-    """Write ``model`` to ``directory`` atomically (replacing it whole); return the model hash."""
-    if not model.is_fitted:
-        raise ModelError("cannot save a model that is not fitted")
+def save_model(state: FittedState, directory: str | Path) -> str:
+    """Write ``state`` to ``directory`` atomically (replacing it whole); return the model hash."""
     meta = {
         "format_version": FORMAT_VERSION,
-        "exdd_version": __version__,
-        "backbone": model.model.backbone,
-        "model": model.model.model_dump(),
-        "data": model.data.model_dump(),
-        "grid": list(model.grid_),
-        "tau_normal": model.tau_normal_,
-        "tau_defect": model.tau_defect_,
-        "bank_sizes": {"normal": len(model.bank_normal_), "defect": len(model.bank_defect_)},
-        "data_hashes": model.data_hashes_,
+        "exdd_version": state.exdd_version,
+        "backbone": state.model.features.backbone,
+        "model": to_flat(state.model),
+        "data": state.data.model_dump(),
+        "grid": list(state.grid),
+        "tau_normal": state.tau_normal,
+        "tau_defect": state.tau_defect,
+        "bank_sizes": {"normal": len(state.bank_normal), "defect": len(state.bank_defect)},
+        "data_hashes": state.data_hashes,
     }
     with atomic_dir(directory) as staging:
         (staging / META).write_text(_canonical(meta))
         for name in ARRAYS:
-            (staging / f"{name}.npy").write_bytes(_npy_bytes(getattr(model, f"{name}_")))
+            (staging / f"{name}.npy").write_bytes(_npy_bytes(getattr(state, name)))
         sums = {name: sha256_file(staging / name) for name in CONTENT_FILES}
         (staging / CHECKSUMS).write_text(_canonical(sums))
     return model_hash(directory)
@@ -94,23 +91,22 @@ def verify(directory: str | Path) -> dict[str, str]:
     return sums
 
 
-def load_model(directory: str | Path) -> ExDD:
+def load_model(directory: str | Path) -> FittedState:
     """Load and verify a model directory written by ``save_model``."""
-    from exdd.detector.model import ExDD
-
     d = Path(directory)
     verify(d)
     meta = json.loads((d / META).read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{d / META}: unsupported format_version {meta.get('format_version')}")
-    model = ExDD(ModelConfig(**meta["model"]), DataConfig(**meta["data"]))
-    for name in ARRAYS:
-        setattr(model, f"{name}_", np.load(d / f"{name}.npy", allow_pickle=False))
-    model.grid_ = tuple(meta["grid"])
-    model.tau_normal_ = float(meta["tau_normal"])
-    model.tau_defect_ = float(meta["tau_defect"])
-    model.data_hashes_ = dict(meta["data_hashes"])
-    return model
+    try:
+        model = from_flat(meta["model"])
+    except ConfigError as err:
+        raise ModelError(f"{d / META}: {err}") from None
+    arrays = {name: np.load(d / f"{name}.npy", allow_pickle=False) for name in ARRAYS}
+    return FittedState(
+        model=model, data=DataConfig(**meta["data"]), grid=tuple(meta["grid"]),
+        tau_normal=float(meta["tau_normal"]), tau_defect=float(meta["tau_defect"]),
+        data_hashes=dict(meta["data_hashes"]), exdd_version=meta["exdd_version"], **arrays)
 
 
 def write_annotation(directory: str | Path, name: str, payload: dict[str, Any]) -> Path:

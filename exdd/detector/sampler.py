@@ -31,12 +31,11 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from exdd.detector.index import NearestNeighbourIndex
-from exdd.config import ModelConfig
-from exdd.errors import DataError
 from exdd.detector.features import random_projection
+from exdd.detector.index import NearestNeighbourIndex
+from exdd.detector.settings import CoresetSettings
+from exdd.errors import DataError
 
-_DEFAULTS = ModelConfig()
 # Relative slack on lower-bound tests, so that float32 rounding in the bound never
 # discards a patch that does come nearer.
 _BOUND_SLACK = 1e-3
@@ -45,34 +44,20 @@ _BOUND_SLACK = 1e-3
 class GreedyCoresetSampler:
     """Farthest-point coreset: ``select(features)`` -> int64 row indices, seeded."""
 
-    def __init__(self, fraction: float, projection_dim: int = _DEFAULTS.coreset_projection_dim,
-                 seed: int = _DEFAULTS.seed, *,
-                 chunk_size: int = _DEFAULTS.coreset_chunk_size,
-                 max_groups: int = _DEFAULTS.coreset_max_groups,
-                 sketch_dim: int = _DEFAULTS.coreset_sketch_dim,
-                 sketch_sample: int = _DEFAULTS.coreset_sketch_sample,
-                 min_keep: int = 1, progress: bool = True) -> None:
+    def __init__(self, fraction: float, seed: int, settings: CoresetSettings | None = None,
+                 *, min_keep: int = 1, progress: bool = True) -> None:
         if not 0.0 < fraction <= 1.0:
             raise DataError(f"coreset fraction must be in (0, 1], got {fraction}")
+        settings = settings or CoresetSettings()
         self.fraction = fraction
-        self.projection_dim = projection_dim
+        self.projection_dim = settings.projection_dim
         self.seed = seed
-        self.chunk_size = chunk_size
-        self.max_groups = max_groups
-        self.sketch_dim = sketch_dim
-        self.sketch_sample = sketch_sample
+        self.chunk_size = settings.chunk_size
+        self.max_groups = settings.max_groups
+        self.sketch_dim = settings.sketch_dim
+        self.sketch_sample = settings.sketch_sample
         self.min_keep = max(1, min_keep)
         self.progress = progress
-
-    @classmethod
-    def from_config(cls, fraction: float, model: ModelConfig, min_keep: int = 1,
-                    progress: bool = True) -> GreedyCoresetSampler:
-        """The sampler with every ``coreset_*`` setting of ``model``."""
-        return cls(fraction, model.coreset_projection_dim, model.seed,
-                   chunk_size=model.coreset_chunk_size, max_groups=model.coreset_max_groups,
-                   sketch_dim=model.coreset_sketch_dim,
-                   sketch_sample=model.coreset_sketch_sample, min_keep=min_keep,
-                   progress=progress)
 
     def n_select(self, n: int) -> int:
         """How many of n rows the coreset keeps: the fraction, but at least ``min_keep``

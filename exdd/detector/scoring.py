@@ -1,6 +1,6 @@
 """Turning patch distances to the two memory banks into anomaly maps and image scores.
 
-Three rules, chosen by ``model.scoring``:
+Three rules, chosen by ``model.scoring.rule``:
 
 ``reference``
     ExDD as written: per bank, PatchCore's neighbourhood reweighting of the decisive patch
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 
 from exdd.detector.index import NearestNeighbourIndex
-from exdd.config import ModelConfig
+from exdd.detector.settings import ScoringSettings
 
 
 @dataclass(frozen=True)
@@ -115,18 +115,18 @@ def bank_distances(patches: np.ndarray, normal: Bank, defect: Bank | None
     return d_n, d_p
 
 
-def dual_evidence(d_n: np.ndarray, d_p: np.ndarray, tau_p: float, rule: ModelConfig
+def dual_evidence(d_n: np.ndarray, d_p: np.ndarray, tau_p: float, rule: ScoringSettings
                   ) -> np.ndarray:
     """Per-patch anomaly evidence of a dual rule from the distances to both banks."""
-    if rule.scoring == "reference":
+    if rule.rule == "reference":
         return d_n / (d_p + rule.ratio_eps)
-    if rule.scoring == "calibrated":
+    if rule.rule == "calibrated":
         return d_n / (d_p + tau_p)
     closeness = d_n / (d_n + d_p + rule.ratio_eps)  # in [0, 1): 1/2 where equidistant
     return d_n * closeness ** rule.defect_weight
 
 
-def pooled(maps: np.ndarray, rule: ModelConfig) -> np.ndarray:
+def pooled(maps: np.ndarray, rule: ScoringSettings) -> np.ndarray:
     """Image scores (n,) read off smoothed maps (n, H, W): their maximum or top-k mean."""
     if rule.image_score == "max":
         return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
@@ -140,7 +140,7 @@ class Scorer:
     normal: Bank
     defect: Bank | None
     upsampler: MapUpsampler
-    rule: ModelConfig
+    rule: ScoringSettings
 
     def __call__(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patches (n, h, w, D) of n images -> image scores (n,) and maps (n, H, W)."""
@@ -155,7 +155,7 @@ class Scorer:
                 return self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False), maps
             return pooled(maps, rule), maps
         maps = self.upsampler(dual_evidence(d_n, d_p, self.defect.tau, rule).reshape(n, gh, gw))
-        if rule.scoring == "reference":
+        if rule.rule == "reference":
             s_n = self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False)
             s_p = self._reweighted(per_image, -d_p.reshape(n, -1), self.defect, True)
             return s_n / (s_p + rule.ratio_eps), maps

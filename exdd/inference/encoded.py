@@ -2,18 +2,16 @@
 
 A client sends bytes, never a file name: nothing it sends can make the server open one of
 its own files. The checks happen before any scoring, so a bad image is rejected with a
-message about that image (its part name, never a server path). ``ExDD.predict`` reads
-images from paths; the bytes go to a private temporary folder for the call, so the very
-same decoder and resize as ``exdd predict`` produce the scores.
+message about that image (its part name, never a server path). The bytes are decoded in
+memory by the same reader as ``exdd predict`` (exdd.data.readers.rgb_array) and scored as
+arrays (``ExDD.score``), so both give the same scores.
 """
 
 from __future__ import annotations
 
 import io
-import tempfile
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -65,12 +63,17 @@ def score_bytes(model: ExDD, blobs: Sequence[bytes], keep_images: bool = False
                 ) -> tuple[Prediction, list[np.ndarray]]:
     """Scores and maps of encoded images, and (``keep_images``) the RGB input the model saw,
     for overlays."""
-    from exdd.data.readers import read_image
+    from exdd.data.readers import open_image, rgb_array
+    from exdd.detector.model import IO_THREADS
+    from exdd.detector.prefetch import ordered_map
 
-    with tempfile.TemporaryDirectory(prefix="exdd-score-") as tmp:
-        paths = [Path(tmp) / f"{i:05d}" for i in range(len(blobs))]
-        for path, data in zip(paths, blobs):
-            path.write_bytes(data)
-        pred = model.predict(paths)
-        images = [read_image(p) for p in paths] if keep_images else []  # overlays: own shape
-    return pred, images
+    h, w = model.input_size
+
+    def decode(item: tuple[int, bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's input and (``keep_images``) the image at its own shape, for overlays."""
+        img = open_image(item[1], f"image {item[0]}")
+        return rgb_array(img, h, w), (rgb_array(img) if keep_images else None)
+
+    decoded = list(ordered_map(decode, enumerate(blobs), IO_THREADS, ahead=max(1, len(blobs))))
+    pred = model.score([inputs for inputs, _ in decoded])
+    return pred, [own for _, own in decoded if own is not None]

@@ -293,7 +293,7 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
                ".dvcignore"]
     if demo:
         staging = ws.root / "data" / ".demo"
-        make_demo(staging, params.demo)
+        make_demo(staging, params.demo, defects=params.synth.procedural)
         drop_into_inbox(load_samples(staging, "train"), ws.root / "data" / "inbox", params.intake)
         benchmark = ws.path(params.gate.benchmark)
         benchmark.mkdir(parents=True, exist_ok=True)

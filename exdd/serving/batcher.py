@@ -3,10 +3,10 @@
 The model already spreads one call over every core (torch's intra-op threads, faiss's
 OpenMP, the backbone/search overlap of ``predict``), so concurrent calls would only compete
 for them. Requests queue instead: when the thread is free it takes the oldest request and
-every waiting one that still fits in one model batch (``model.batch_size`` images). A
-lone request starts at once (no waiting for company), so latency at concurrency 1 is that
-of ``predict``; under load the batches fill and throughput grows. The served model is read
-once per batch, so a swap between batches never splits one.
+every waiting one that still fits in one model batch (``model.runtime.batch_size``
+images). A lone request starts at once (no waiting for company), so latency at concurrency
+1 is that of ``predict``; under load the batches fill and throughput grows. The served
+model is read once per batch, so a swap between batches never splits one.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Batcher:
                 return
             jobs = [job]
             served = self._current()
-            room = (served.model.model.batch_size if served else 1) - len(job.blobs)
+            room = (served.model.model.runtime.batch_size if served else 1) - len(job.blobs)
             while room > 0:
                 try:
                     nxt = self._queue.get_nowait()
