@@ -16,18 +16,16 @@ import yaml
 from PIL import Image
 
 from exdd.cli import main
-from exdd.config import DemoConfig
-from exdd.data.demo import make_demo
+from exdd.data.readers import load_samples
 
 SMALL = {"data": {"image_height": 64, "image_width": 64},
          "model": {"runtime": {"batch_size": 4}, "coreset": {"normal": 0.1, "defect": 0.5}}}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def setup(tmp_path_factory: pytest.TempPathFactory, small_demo: Path) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cli")
-    data = make_demo(root / "data", DemoConfig(height=64, width=48, train_normal=8,
-                                               train_defect=3, test_normal=5, test_defect=5))
+    data = small_demo  # conftest.py: one demo data set for the session
     cfg = root / "params.yaml"
     cfg.write_text(yaml.safe_dump(SMALL))
     return data, cfg
@@ -49,7 +47,8 @@ def test_fit_evaluate_predict(setup: tuple[Path, Path], model_dir: Path, tmp_pat
     metrics = json.loads(out_json.read_text())
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max", "n_test"):
         assert key in metrics
-    assert metrics["n_test"] == 10
+    n_test = len(load_samples(data, "test"))
+    assert metrics["n_test"] == n_test
     assert (model_dir / "metrics.json").exists()
     assert (tmp_path / "plots" / "roc_pr.png").stat().st_size > 0
 
@@ -57,7 +56,7 @@ def test_fit_evaluate_predict(setup: tuple[Path, Path], model_dir: Path, tmp_pat
     assert main(["predict", "--model", str(model_dir), "--out", str(pred_dir),
                  str(data / "test")]) == 0
     rows = list(csv.DictReader((pred_dir / "scores.csv").open()))
-    assert len(rows) == 10
+    assert len(rows) == n_test
     assert {r["flag"] for r in rows} <= {"0", "1"}
     flagged = [float(r["score"]) >= metrics["threshold"] for r in rows]
     assert [bool(int(r["flag"])) for r in rows] == flagged

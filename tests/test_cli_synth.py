@@ -15,9 +15,8 @@ from exdd.data.synth import read_provenance
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = DemoConfig(height=48, width=32, train_normal=3, train_defect=1, test_normal=1, test_defect=1)
-    return make_demo(tmp_path_factory.mktemp("demo") / "data", cfg)
+def demo(small_demo: Path) -> Path:
+    return small_demo  # conftest.py: one demo data set for the session
 
 
 def test_synthesize_writes_count_samples_with_provenance(demo: Path, tmp_path: Path,

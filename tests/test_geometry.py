@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from exdd.cli import main
-from exdd.config import DataConfig, DemoConfig, ModelConfig, load_params
+from exdd.config import DataConfig, ModelConfig, load_params
 from exdd.data.readers import load_samples
-from exdd.data.demo import make_demo
 from exdd.errors import ConfigError
 from exdd.detector.geometry import resolve_input_size, with_input_size
 from exdd.detector.model import ExDD
@@ -65,10 +64,8 @@ def test_bad_sizes_are_one_line_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = DemoConfig(height=64, width=48, train_normal=8, train_defect=3, test_normal=3,
-                     test_defect=3, seed=5)
-    return make_demo(tmp_path_factory.mktemp("demo") / "data", cfg)
+def demo(small_demo: Path) -> Path:
+    return small_demo  # conftest.py: one demo data set for the session
 
 
 def test_fit_chooses_saves_and_predicts_at_the_data_size(demo: Path, tmp_path: Path) -> None:

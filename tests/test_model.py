@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exdd.config import DataConfig, DemoConfig, ModelConfig
+from exdd.config import DataConfig, ModelConfig
 from exdd.data.readers import load_samples, open_image, read_image, rgb_array
-from exdd.data.demo import make_demo
 from exdd.errors import DataError, ModelError
 from exdd.evaluation.evaluate import evaluate
 from exdd.detector.model import ExDD
@@ -23,10 +22,8 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "model_v1"  # saved bef
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = DemoConfig(height=64, width=48, train_normal=10, train_defect=4, test_normal=6,
-                     test_defect=6, seed=3)
-    return make_demo(tmp_path_factory.mktemp("demo") / "data", cfg)
+def demo(small_demo: Path) -> Path:
+    return small_demo  # conftest.py: one demo data set for the session
 
 
 @pytest.fixture(scope="module")

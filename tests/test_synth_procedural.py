@@ -88,9 +88,8 @@ def test_same_seed_same_pixels_other_seed_differs() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = DemoConfig(height=64, width=48, train_normal=4, train_defect=1, test_normal=1, test_defect=1)
-    return make_demo(tmp_path_factory.mktemp("demo") / "data", cfg)
+def demo(small_demo: Path) -> Path:
+    return small_demo  # conftest.py: one demo data set for the session
 
 
 def test_synthesize_writes_a_traceable_regenerable_set(demo: Path, tmp_path: Path) -> None:
