@@ -19,13 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exdd.evaluation.report import HEADLINE_METRICS
 from exdd.pipeline import nightly as pipeline
 from exdd.pipeline.onboarding import add_line, feed_line
 from exdd.line.workspace import line_params_text, template_dir
 
 STEPS = ("validate", "synthesize", "build_banks", "evaluate", "gate", "publish", "score",
          "report")
-KEYS = ("image_auroc", "pixel_auroc", "aupro")
+KEYS = HEADLINE_METRICS
 
 
 def timed(times: dict[str, float], name: str, step: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,7 +19,8 @@ from PIL import Image
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
 from exdd.pipeline.nightly import params_path
-from exdd.line.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
+from exdd.evaluation.report import SCALAR_METRICS
+from exdd.line.registry import CHAMPION, Registry, registry_exists, tracking_uri
 from exdd.line.review import AccessDenied, VerdictStore, authorize, line_config, store_url
 
 CONTEXT_KEY = "exdd_context"

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from exdd.config import Params, load_params
-from exdd.errors import ConfigError, DataError
+from exdd.errors import ConfigError
 
 WIDE = 160  # table width when stdout is not a terminal
 
@@ -139,15 +139,10 @@ def _workspace_init(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    import json
-
     from exdd.evaluation.curves import write_curves
+    from exdd.evaluation.report import MetricsReport
 
-    metrics_file = Path(args.metrics)
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{metrics_file}: cannot read metrics ({err})") from None
+    metrics = MetricsReport.read(args.metrics).to_json()
     for path in write_curves(metrics, Path(args.out)):
         print(f"wrote {path}")
     return 0

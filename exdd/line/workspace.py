@@ -53,7 +53,7 @@ GITIGNORE = """\
 
 def template_dir() -> Path:
     """The folder holding ``dvc.yaml`` and ``params.yaml`` (this source checkout's root)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     missing = [name for name in TEMPLATE_FILES if not (root / name).is_file()]
     if missing:
         raise ConfigError(f"{root}: {', '.join(missing)} not found; exdd must be installed "
