@@ -26,7 +26,7 @@ from airflow_helpers import BIN, REPO, Line, airflow, airflow_env, make_nightly_
 from exdd.cli import main as exdd_main
 from exdd.data.readers import load_samples
 from exdd.data.demo import make_demo
-from exdd.inference.batch import SCORE_COLUMNS
+from exdd.inference.scores import SCORE_COLUMNS
 from exdd.evaluation.report import METRICS_FILE, scalar_metrics
 from exdd.detector.modelio import model_hash
 from exdd.line.publish import PAUSE_ENV, published_versions

@@ -6,8 +6,6 @@ dashboard and a person at the command line read the same format.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +13,12 @@ from typing import TYPE_CHECKING
 
 from exdd.errors import DataError
 from exdd.fsutil import atomic_dir
+from exdd.inference.scores import SCORES_FILE, ScoreRow, scores_text
 
 if TYPE_CHECKING:  # the model pulls in torch: only the scoring itself needs it
     from exdd.detector.model import ExDD
 
-SCORES_FILE = "scores.csv"
 OVERLAYS_DIR = "overlays"
-# ``error``: why an image could not be scored (its score, flag and overlay are empty).
-SCORE_COLUMNS = ("image", "score", "flag", "threshold", "model_version", "overlay", "error")
 
 
 @dataclass(frozen=True)
@@ -68,10 +64,7 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
         raise DataError(f"none of the {len(images)} image(s) could be read; {path}: {why}")
     pred = model.predict(good)
     vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
-    limit = "" if threshold is None else threshold
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(SCORE_COLUMNS)
+    rows: list[ScoreRow] = []
 
     def name(path: Path) -> str:
         return os.path.relpath(path, relative_to) if relative_to else str(path)
@@ -80,11 +73,12 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
         for i, (path, score, amap) in enumerate(zip(good, pred.scores, pred.maps)):
             overlay = f"{OVERLAYS_DIR}/{i:05d}_{path.stem}.png"
             save_overlay(staging / overlay, read_image(path), amap, vmin, vmax)
-            flag = "" if threshold is None else int(score >= threshold)
-            writer.writerow([name(path), repr(float(score)), flag, limit, model_version,
-                             overlay, ""])
-        for path, why in failed:
-            writer.writerow([name(path), "", "", limit, model_version, "", why])
-        (staging / SCORES_FILE).write_text(rows.getvalue())
+            flag = None if threshold is None else bool(score >= threshold)
+            rows.append(ScoreRow(image=name(path), score=float(score), flag=flag,
+                                 threshold=threshold, model_version=model_version,
+                                 overlay=overlay))
+        rows += [ScoreRow(image=name(path), threshold=threshold, model_version=model_version,
+                          error=why) for path, why in failed]
+        (staging / SCORES_FILE).write_text(scores_text(rows))
     flagged = 0 if threshold is None else int((pred.scores >= threshold).sum())
     return BatchResult(len(good), flagged, failed)

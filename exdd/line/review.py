@@ -53,7 +53,7 @@ from exdd.config import LineConfig, Params, ReviewConfig, expand_env
 from exdd.data.readers import open_image, read_image
 from exdd.errors import ConfigError, DataError, ExddError
 from exdd.fsutil import write_bytes_atomic
-from exdd.inference.batch import SCORES_FILE
+from exdd.inference.scores import SCORES_FILE, read_score_rows
 from exdd.storage import is_s3_uri, parse_s3_uri, s3_client
 from exdd.inference.overlays import COLORMAP, OVERLAY_ALPHA
 
@@ -141,10 +141,6 @@ def _parse_time(value: object, fallback: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _optional_float(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
-
-
 def read_scores(workspace: Path, cfg: ReviewConfig, line: str, run_id: str) -> list[ScoredImage]:
     """One run's scores.csv (written by ``exdd.pipeline.nightly.score_images``; overlay paths are
     relative to the run folder); the run's time is its outcome's ``finished``, else the
@@ -154,28 +150,16 @@ def read_scores(workspace: Path, cfg: ReviewConfig, line: str, run_id: str) -> l
     outcome = read_outcome(workspace, cfg, run_id) or {}
     mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     scored_at = _parse_time(outcome.get("finished"), mtime)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"image", "score"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}: scores lack column(s) {sorted(missing)}")
-        rows = list(reader)
     items = []
-    for lineno, row in enumerate(rows, start=2):
-        if row.get("error"):
+    for row in read_score_rows(path):
+        if row.error or row.score is None:
             continue  # an image the run could not read: nothing to review
-        try:
-            score = float(row["score"])
-            threshold = _optional_float(row.get("threshold"))
-            flag = None if row.get("flag") in (None, "") else bool(int(row["flag"]))
-        except ValueError as err:
-            raise DataError(f"{path}:{lineno}: bad number ({err})") from None
-        overlay = (row.get("overlay") or "").strip()
+        overlay = row.overlay.strip()
         items.append(ScoredImage(
-            line=line, run_id=run_id, scored_at=scored_at, image=row["image"],
-            image_path=resolve(workspace, row["image"]),
-            overlay_path=run_dir / overlay if overlay else None, score=score, flag=flag,
-            threshold=threshold, model_version=str(row.get("model_version") or ""),
+            line=line, run_id=run_id, scored_at=scored_at, image=row.image,
+            image_path=resolve(workspace, row.image),
+            overlay_path=run_dir / overlay if overlay else None, score=row.score,
+            flag=row.flag, threshold=row.threshold, model_version=row.model_version,
         ))
     return items
 
