@@ -72,7 +72,7 @@ def main() -> None:
         try:
             run = pipeline.open_run(params_file, args.name, f"night-{night}")
             start = time.perf_counter()
-            outcome = pipeline.run_nightly(run)
+            outcome = pipeline.run_nightly(run).to_json()
             wall = time.perf_counter() - start
         finally:
             for name, step in originals.items():

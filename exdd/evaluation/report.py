@@ -79,9 +79,7 @@ class MetricsReport(BaseModel):
         except FileNotFoundError:
             raise DataError(f"{path}: no metrics file; evaluate the model first") from None
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "file"
-            raise DataError(f"{path}: not a metrics file ({where}: {first['msg']})") from None
+            raise DataError.invalid(path, "a metrics file", err) from None
 
     @classmethod
     def beside(cls, model_dir: str | Path) -> MetricsReport | None:

@@ -78,7 +78,5 @@ def read_score_rows(path: Path) -> list[ScoreRow]:
         try:
             rows.append(ScoreRow.model_validate(cells))
         except ValidationError as err:
-            first = err.errors()[0]
-            raise DataError(f"{path}:{lineno}: bad {first['loc'][0]} "
-                            f"({first['msg']})") from None
+            raise DataError.invalid(f"{path}:{lineno}", "a scores row", err) from None
     return rows
