@@ -3,9 +3,12 @@
 The Airflow DAG (``dags/exdd_nightly.py``, one per line) and ``exdd nightly`` (no Airflow)
 run the same steps: validate → synthesize → build_banks → evaluate → gate → publish →
 score → report. A step takes the run (:class:`LineRun`: line, run id, workspace, the
-workspace's params) and returns a small JSON-able summary, the only thing that travels
-between Airflow tasks; artifacts stay in the line workspace. Every step can be repeated for
-the same run without duplicating data or versions: intake keeps a per-run report and a
+workspace's params) and returns a typed summary (``exdd.pipeline.summaries``), the only
+thing that travels between Airflow tasks; artifacts stay in the line workspace. The steps
+validate, synthesize, build_banks and evaluate are the stages of the workspace's dvc.yaml
+(``exdd.line.stages``, its one definition): they write the paths the stages declare and
+record them with ``dvc commit``. Every step can be repeated for the same run without
+duplicating data or versions: intake keeps a per-run report and a
 crash-safe journal, models and score folders are written atomically, the gate reuses a
 decision made on the same model, benchmark and champion, publishing is idempotent by model
 hash, and the MLflow outcome run is found again by the run id.
@@ -19,25 +22,16 @@ and the report still run.
 Review outputs (read by the review dashboard, ``exdd.line.review``), in the line workspace,
 folders from the ``review`` section of its params:
 
-- ``reviews/scores/<run_id>/scores.csv``: one row per image accepted this night, columns
-  ``image`` (workspace-relative path), ``score``, ``flag`` (1 when score >= threshold, else
-  0), ``threshold`` (the champion's F1-optimal threshold), ``model_version`` (MLflow version
-  of the champion that scored), ``overlay`` (``overlays/<stem>.png``, relative to the run
-  folder), ``error`` (why an unreadable image has no score; empty otherwise); written only
-  when a champion exists and images were accepted;
+- ``reviews/scores/<run_id>/scores.csv``: one row per image accepted this night
+  (``exdd.inference.scores.ScoreRow``: image, score, flag, the champion's threshold and
+  MLflow version, overlay, error), written only when a champion exists and images were
+  accepted;
 - ``reviews/scores/<run_id>/overlays/<stem>.png``: heatmap overlays (one colour scale for
   the whole run);
-- ``reports/outcomes/<run_id>.json``: ``{run_id, line, started, finished, n_total,
-  n_accepted, n_quarantined, metrics, gate: {passed, reasons}, champion_version,
-  new_champion, scores_dir}`` plus ``status`` (published | pinned | gate_failed |
-  intake_failed | no_new_data; pinned: the candidate passed but an operator's rollback
-  pinned the line, see ``exdd.line.champion``), ``pinned`` (the pin, or null),
-  ``batch``, ``model_hash``, ``published_tag``, ``n_scored``, ``n_flagged``, ``n_held``
-  (files held with a failed batch), ``drift`` (intake drift events, e.g. a size change)
-  and ``mlflow_run_id``. ``metrics`` are the candidate's benchmark figures (empty when nothing
-  was trained), ``gate.passed`` is null when the gate did not run, ``scores_dir`` is
-  workspace-relative or null. The same outcome is logged to MLflow as a run tagged
-  ``exdd.kind=nightly`` in the line's experiment.
+- ``reports/outcomes/<run_id>.json``: the run's ``exdd.line.outcome.Outcome`` (status,
+  intake counts and drift, the candidate's figures, the gate's verdict, the champion and
+  its pin, the scoring counts), also logged to MLflow as a run tagged ``exdd.kind=nightly``
+  in the line's experiment.
 """
 
 from __future__ import annotations
