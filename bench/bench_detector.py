@@ -21,10 +21,11 @@ import torch
 from exdd.config import DataConfig, ModelConfig, load_params
 from exdd.data.readers import load_samples, read_image
 from exdd.evaluation.evaluate import evaluate
+from exdd.evaluation.report import REPORTED_METRICS
 from exdd.detector.geometry import with_input_size
 from exdd.detector.model import ExDD
 
-KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
+KEYS = REPORTED_METRICS
 
 
 def preload(model: ExDD, paths: list[Path]) -> torch.Tensor:

@@ -19,13 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from exdd.evaluation.report import HEADLINE_METRICS
 from exdd.pipeline import nightly as pipeline
 from exdd.pipeline.onboarding import add_line, feed_line
 from exdd.line.workspace import line_params_text, template_dir
 
 STEPS = ("validate", "synthesize", "build_banks", "evaluate", "gate", "publish", "score",
          "report")
-KEYS = ("image_auroc", "pixel_auroc", "aupro")
+KEYS = HEADLINE_METRICS
 
 
 def timed(times: dict[str, float], name: str, step: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,7 +72,7 @@ def main() -> None:
         try:
             run = pipeline.open_run(params_file, args.name, f"night-{night}")
             start = time.perf_counter()
-            outcome = pipeline.run_nightly(run)
+            outcome = pipeline.run_nightly(run).to_json()
             wall = time.perf_counter() - start
         finally:
             for name, step in originals.items():

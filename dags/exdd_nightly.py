@@ -1,8 +1,9 @@
 """Nightly retraining: one DAG per production line listed in params.yaml (``lines:``).
 
 validate_inbox → synthesize → build_banks → evaluate → gate → publish → score → report.
-Every task is a thin call into ``exdd.pipeline.nightly`` (no detector logic here); only small
-summaries travel in XCom, artifacts stay in the line's git + DVC workspace. A failed intake
+Every task is a thin call of a step function of ``exdd.pipeline.nightly`` (no detector logic
+here); only the steps' typed summaries (``exdd.pipeline.summaries``) travel in XCom, as JSON,
+re-validated by the task that reads them; artifacts stay in the line's git + DVC workspace. A failed intake
 skips training and a failed gate skips publishing (the step is marked *skipped*, the
 champion stays); scoring with the champion and the report run either way. Tasks that touch
 the workspace's git/DVC state run in the line's pool of size 1 (``exdd_<line>_repo``,
@@ -14,6 +15,7 @@ The params file is ``$EXDD_PARAMS``, else this repository's ``params.yaml``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,20 +24,23 @@ from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from exdd.config import LineConfig, load_params
+from exdd.pipeline import nightly as pipeline
+from exdd.pipeline.summaries import (
+    EvalSummary, GateSummary, IntakeSummary, PublishSummary, ScoreSummary,
+)
 
 PARAMS_FILE = Path(os.environ.get("EXDD_PARAMS")
                    or Path(__file__).resolve().parents[1] / "params.yaml").resolve()
 DAG_PREFIX = "exdd_nightly_"
 
 
-def _step(line: str, name: str, *args: Any) -> Any:
-    """Run ``exdd.pipeline.nightly.<name>`` for this task's run; a skipped step skips the task."""
-    from exdd.pipeline import nightly as pipeline
-
+def _step(line: str, step: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Run ``step`` for this task's run and push its summary as JSON (XCom); a skipped
+    step skips the task. Summaries from upstream tasks come in re-validated."""
     context = get_current_context()
     run = pipeline.open_run(PARAMS_FILE, line, context["run_id"])
     try:
-        return getattr(pipeline, name)(run, *args)
+        return step(run, *args).model_dump(mode="json")
     except pipeline.StepSkipped as why:
         raise AirflowSkipException(str(why)) from None
 
@@ -70,38 +75,40 @@ def nightly_dag(line: LineConfig) -> DAG:
     def nightly() -> None:
         @task(**repo)
         def validate_inbox() -> dict:
-            return _step(name, "validate")
+            return _step(name, pipeline.validate)
 
         @task(**repo)
         def synthesize(intake: dict) -> dict:
-            return _step(name, "synthesize", intake)
+            return _step(name, pipeline.synthesize, IntakeSummary.from_xcom(intake))
 
         @task(**repo)
         def build_banks() -> dict:
-            return _step(name, "build_banks")
+            return _step(name, pipeline.build_banks)
 
         @task(**repo)
         def evaluate() -> dict:
-            return _step(name, "evaluate")
+            return _step(name, pipeline.evaluate)
 
         @task(**plain)
         def gate(evaluated: dict) -> dict:
-            return _step(name, "gate", evaluated)
+            return _step(name, pipeline.gate, EvalSummary.from_xcom(evaluated))
 
         @task(**repo)
         def publish(decision: dict) -> dict:
-            return _step(name, "publish", decision)
+            return _step(name, pipeline.publish, GateSummary.from_xcom(decision))
 
         @task(**after_skips)
         def score(intake: dict) -> dict:
-            return _step(name, "score", intake)
+            return _step(name, pipeline.score, IntakeSummary.from_xcom(intake))
 
         @task(**after_skips)
         def report(intake: dict, evaluated: dict | None, decision: dict | None,
                    published: dict | None, scored: dict) -> dict:
             started = get_current_context()["dag_run"].start_date
-            return _step(name, "report", started.isoformat(timespec="seconds"), intake,
-                         evaluated, decision, published, scored)
+            return _step(name, pipeline.report, started.isoformat(timespec="seconds"),
+                         IntakeSummary.from_xcom(intake), EvalSummary.from_xcom(evaluated),
+                         GateSummary.from_xcom(decision), PublishSummary.from_xcom(published),
+                         ScoreSummary.from_xcom(scored))
 
         intake = validate_inbox()
         banks = build_banks()

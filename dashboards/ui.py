@@ -18,8 +18,9 @@ from PIL import Image
 
 from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError, ExddError
+from exdd.evaluation.report import SCALAR_METRICS
 from exdd.line.lines import open_line, platform_file
-from exdd.line.registry import CHAMPION, SCALAR_METRICS, Registry, registry_exists, tracking_uri
+from exdd.line.registry import CHAMPION, Registry, registry_exists, tracking_uri
 from exdd.line.review.auth import AccessDenied, authorize
 from exdd.line.review.verdicts import VerdictStore, store_url
 

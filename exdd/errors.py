@@ -1,5 +1,7 @@
 """Errors the command line turns into one clear line and a non-zero exit."""
 
+from typing import Any
+
 
 class ExddError(Exception):
     """Base class: the message names the file or setting and the problem."""
@@ -11,6 +13,14 @@ class ConfigError(ExddError):
 
 class DataError(ExddError):
     """Unreadable image, missing mask, size mismatch, empty split, ..."""
+
+    @classmethod
+    def invalid(cls, source: object, what: str, err: Any) -> "DataError":
+        """A file that fails its record's validation (a pydantic ``ValidationError``),
+        as one line: the file, what it should be, the first problem and where."""
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        return cls(f"{source}: not {what} ({where}: {first['msg']})")
 
 
 class ModelError(ExddError):

@@ -101,8 +101,8 @@ def build_line(root: Path, publish_models: bool = True) -> LineFixture:
         "finished": "2025-03-02T02:20:00+00:00", "n_total": NIGHT_IMAGES,
         "n_accepted": NIGHT_IMAGES, "n_quarantined": 0, "metrics": {},
         "gate": {"passed": True, "reasons": ["PASS fixture"]},
-        "champion_version": scored["model_version"], "new_champion": True,
-        "scores_dir": scored["scores_dir"]}))
+        "champion_version": scored.model_version, "new_champion": True,
+        "scores_dir": scored.scores_dir}))
     os.replace(staged, params_file)
     return LineFixture(params_file, ws, night)
 

@@ -177,7 +177,7 @@ def test_the_champion_is_loaded_only_as_the_registry_recorded_it(
     ws = Workspace(line.workspace)
     ws.restore(f"{params.publish.champion_dir}.dvc", params.publish.dvc_remote)
     assert model_hash(champion_dir) == recorded
-    assert score_images(run, [Path(p) for p in images])["model_version"] == version
+    assert score_images(run, [Path(p) for p in images]).model_version == version
 
     # A version's registry copy is checked the same way.
     registry = Registry(params, line.workspace)

@@ -26,11 +26,11 @@ from airflow_helpers import BIN, REPO, Line, airflow, airflow_env, make_nightly_
 from exdd.cli import main as exdd_main
 from exdd.data.readers import load_samples
 from exdd.data.demo import make_demo
-from exdd.inference.batch import SCORE_COLUMNS
-from exdd.line.gate import METRICS_FILE
+from exdd.inference.scores import SCORE_COLUMNS
+from exdd.evaluation.report import METRICS_FILE, scalar_metrics
 from exdd.detector.modelio import model_hash
 from exdd.line.publish import PAUSE_ENV, published_versions
-from exdd.line.registry import CHAMPION, REJECTED, TAG_HASH, Registry, scalar_metrics
+from exdd.line.registry import CHAMPION, REJECTED, TAG_HASH, Registry
 from exdd.line.workspace import Workspace, drop_into_inbox
 
 pytestmark = pytest.mark.slow

@@ -19,11 +19,15 @@ from exdd.data.readers import load_samples
 from exdd.errors import ExddError
 from exdd.detector.model import data_fingerprint
 from exdd.detector.modelio import verify
+from exdd.line.stages import INTAKE_REPORTS, MANIFEST, METRICS_REPORT, STAGES, dvc_yaml_text
 from exdd.line.workspace import Workspace, scrub
+from exdd.pipeline import nightly
 
 pytestmark = pytest.mark.slow  # a whole pipeline run, one subprocess per stage
 
-STAGES = ("validate", "synthesize", "fit", "evaluate", "curves")
+STAGE_NAMES = tuple(s.name for s in STAGES)
+# The stages a night runs in-process (the curves are for `dvc plots` only).
+NIGHTLY_STAGES = ("validate", "synthesize", "fit", "evaluate")
 CANDIDATE = "models/candidate/checksums.json"
 
 
@@ -46,10 +50,10 @@ def line(tmp_path_factory: pytest.TempPathFactory):
 
 def test_repro_runs_the_pipeline_end_to_end(line) -> None:
     _, repo, params, out = line
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         assert f"Running stage '{stage}'" in out
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(STAGES)
+    assert set(lock["stages"]) == set(STAGE_NAMES)
     assert not list((repo / "data/inbox").glob("*.png"))  # every inbox file was filed
     train = load_samples(repo / "data/dataset/manifest.csv", "train")
     assert len(train) == params.demo.train_normal + params.demo.train_defect
@@ -72,7 +76,7 @@ def test_second_repro_with_nothing_changed_does_no_work(line) -> None:
                                                           "data/dataset/manifest.csv")}
     out = dvc(repo, "repro").stdout
     assert "Running stage" not in out
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         assert f"Stage '{stage}' didn't change, skipping" in out
     assert {p: (repo / p).stat().st_mtime_ns for p in before} == before
     assert "up to date" in dvc(repo, "status").stdout
@@ -110,6 +114,53 @@ def test_pipeline_candidate_is_gated_and_published_with_its_lineage(line, capsys
     assert (root / "remote/files/md5" / dataset_md5[:2] / dataset_md5[2:]).is_file()
 
 
+def _stages(lock: dict, name: str) -> tuple[str, set[str], set[str]]:
+    """A dvc.lock stage as (cmd, dep paths, out paths)."""
+    entry = lock["stages"][name]
+    return (entry["cmd"], {d["path"] for d in entry.get("deps", [])},
+            {o["path"] for o in entry.get("outs", [])})
+
+
+def _rows(repo: Path) -> list[tuple[str, str, str]]:
+    with open(repo / MANIFEST, newline="") as f:
+        return sorted((r["image"], r["label"], r["split"]) for r in csv.DictReader(f))
+
+
+def test_nightly_steps_record_what_dvc_repro_makes(line, tmp_path: Path) -> None:
+    """The same inbox through the nightly steps (in-process, then `dvc commit`) and through
+    `dvc repro`: the same stages, commands, deps and outs, the same data set, synthetic
+    set and benchmark figures, and DVC finds nothing to redo."""
+    _, repo, params, _ = line
+    twin, _ = make_line(tmp_path, str(tmp_path / "remote"))
+    platform = tmp_path / "platform.yaml"
+    raw = yaml.safe_load((twin / "params.yaml").read_text())
+    platform.write_text(yaml.safe_dump(
+        {**raw, "lines": [{"name": "twin", "workspace": twin.name, "schedule": None}]}))
+    run = nightly.open_run(platform, "twin", "night-1")
+    intake = nightly.validate(run)
+    nightly.synthesize(run, intake)
+    banks = nightly.build_banks(run)
+    evaluated = nightly.evaluate(run)
+
+    ours = yaml.safe_load((twin / "dvc.lock").read_text())
+    theirs = yaml.safe_load((repo / "dvc.lock").read_text())
+    for name in NIGHTLY_STAGES:
+        assert _stages(ours, name) == _stages(theirs, name), name
+    assert "up to date" in dvc(twin, "status", *NIGHTLY_STAGES).stdout
+    assert _rows(twin) == _rows(repo)
+    assert len(load_samples(twin / "data/synthetic")) == params.synth.count
+    assert banks.n_synthetic == len([s for s in load_samples(repo / "data/synthetic")
+                                     if s.label == 1])
+    figures = json.loads((repo / METRICS_REPORT).read_text())
+    assert evaluated.benchmark_hash == figures["benchmark_hash"]
+    assert json.loads((twin / METRICS_REPORT).read_text()).keys() == figures.keys()
+    # Both executors file the intake report of a run under reports/intake/<run id>.
+    assert Path(intake.report) == twin / INTAKE_REPORTS / "night-1"
+    (repro_report,) = (repo / INTAKE_REPORTS).iterdir()
+    assert repro_report.name.startswith("validate__")
+    assert {p.name for p in repro_report.iterdir()} == {p.name for p in Path(intake.report).iterdir()}
+
+
 def test_workspace_init_cli(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-write-me-anywhere")
     config = write_params(tmp_path / "p.yaml",
@@ -126,8 +177,7 @@ def test_workspace_init_cli(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPa
     assert not any("do-not-write-me-anywhere" in (target / f).read_text() for f in tracked)
     assert "lines" not in yaml.safe_load((target / "params.yaml").read_text())
     assert load_params(target / "params.yaml").publish.s3_endpoint_url == "http://127.0.0.1:9"
-    shipped = Path(__file__).parents[1] / "dvc.yaml"
-    assert (target / "dvc.yaml").read_text() == shipped.read_text()
+    assert (target / "dvc.yaml").read_text() == dvc_yaml_text()
     assert (target / "data/inbox/labels.csv").is_file()
 
     assert exdd_main(["workspace", "init", str(target), "--params", str(config)]) == 2

@@ -19,7 +19,8 @@ from exdd.line.gate import GATE_FILE, judge, read_gate, run_gate
 from exdd.detector.model import ExDD, data_fingerprint
 from exdd.detector.modelio import model_hash
 from exdd.line.publish import publish
-from exdd.line.registry import CHAMPION, REJECTED, Registry, scalar_metrics, tracking_uri
+from exdd.evaluation.report import scalar_metrics
+from exdd.line.registry import CHAMPION, REJECTED, Registry, tracking_uri
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,13 @@ import streamlit as st
 import ui
 from exdd.line.champion import read_pin
 from exdd.errors import ExddError
+from exdd.evaluation.report import HEADLINE_METRICS
 from exdd.line.registry import CHAMPION, REJECTED, TAG_GATE, TAG_GIT, TAG_HASH
 from exdd.line.audit import read_audit
 from exdd.line.review.queue import list_outcomes
 
 CONFIRM_KEY = "exdd_confirm_rollback"
-HEADLINE = ("image_auroc", "pixel_auroc", "aupro")
+HEADLINE = HEADLINE_METRICS
 OUTCOME_COLUMNS = ("run_id", "finished", "n_total", "n_accepted", "n_quarantined",
                    "champion_version", "new_champion")
 

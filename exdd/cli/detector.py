@@ -7,7 +7,6 @@ sub-commands start fast.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -15,10 +14,7 @@ from pathlib import Path
 from exdd.config import load_params
 from exdd.data.readers import IMAGE_SUFFIXES, load_samples
 from exdd.errors import DataError
-from exdd.fsutil import write_text_atomic
 from exdd.detector.geometry import with_input_size
-
-METRICS_FILE = "metrics.json"
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -44,25 +40,22 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from exdd.evaluation.evaluate import evaluate
-    from exdd.detector.model import ExDD, data_fingerprint
-    from exdd.detector.modelio import write_annotation
+    from exdd.detector.model import ExDD
+    from exdd.evaluation.evaluate import benchmark_report
+    from exdd.evaluation.report import REPORTED_METRICS
 
-    model = ExDD.load(args.model)
-    test = load_samples(args.data, "test")
-    metrics = evaluate(model, test)
-    metrics["benchmark_hash"] = data_fingerprint(test)
-    text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
+    metrics = benchmark_report(ExDD.load(args.model), load_samples(args.data, "test"))
     if args.json:
-        write_text_atomic(args.json, text)
-    write_annotation(args.model, METRICS_FILE, metrics)
+        metrics.write(args.json)
+    metrics.write_beside(args.model)
+    figures = metrics.to_json()
     if args.plots:
         from exdd.inference.overlays import plot_roc_pr
 
         Path(args.plots).mkdir(parents=True, exist_ok=True)
-        plot_roc_pr(metrics, Path(args.plots) / "roc_pr.png")
-    keys = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max")
-    print("  ".join(f"{k} {metrics[k]:.4f}" for k in keys) + f"  n_test {metrics['n_test']}")
+        plot_roc_pr(figures, Path(args.plots) / "roc_pr.png")
+    print("  ".join(f"{k} {figures[k]:.4f}" for k in REPORTED_METRICS)
+          + f"  n_test {metrics.n_test}")
     return 0
 
 

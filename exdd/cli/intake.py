@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
-from exdd.cli.pipeline import line_arguments
+from exdd.cli.pipeline import line_arguments, run_stamp
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--inbox", required=True, help="local folder or s3://bucket/prefix")
     p.add_argument("--dataset", required=True, type=Path, help="data set folder (DIR)")
-    p.add_argument("--report", type=Path, default=None,
-                   help="report folder (intake.json + data_docs/); "
-                        "default DIR-reports/<batch> beside the data set")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--report", type=Path, default=None,
+                       help="report folder (intake.json + data_docs/); "
+                            "default DIR-reports/<batch> beside the data set")
+    where.add_argument("--reports", type=Path, default=None, metavar="ROOT",
+                       help="report under ROOT/<run id>, as the nightly run files it "
+                            "(the pipeline's validate stage)")
+    p.add_argument("--run-id", help="with --reports: the run's folder name "
+                                    "(default: validate__<UTC time>)")
     p.add_argument("--params", default=None,
                    help="params file (default: $EXDD_PARAMS, else ./params.yaml)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -60,7 +65,10 @@ def run_validate(args: argparse.Namespace) -> int:
     from exdd.line.intake import validate_inbox
 
     params = load_params(args.params)
-    result = validate_inbox(args.inbox, args.dataset, args.report, params.intake, params.data)
+    report = args.report
+    if args.reports is not None:
+        report = args.reports / (args.run_id or f"validate__{run_stamp()}")
+    result = validate_inbox(args.inbox, args.dataset, report, params.intake, params.data)
     if result.n_total == 0 and not args.json:  # a quiet night, not a failed batch: exit 0
         print(f"no new data: the inbox {args.inbox} holds no files; nothing to validate")
         return 0
@@ -108,8 +116,7 @@ def _release(args: argparse.Namespace) -> int:
     from exdd.pipeline.nightly import commit_lock, open_run, record_stages
     from exdd.line.audit import current_user
 
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    run = open_run(args.params, args.line, f"release__{stamp}")
+    run = open_run(args.params, args.line, f"release__{run_stamp()}")
     who = args.who or current_user()
     result, record = release(run.dataset, run.params.intake, run.params.data, args.reason,
                              who, args.batch, args.file, run.intake_report)

@@ -1,4 +1,4 @@
-"""``exdd gate | publish | rollback | unpin | models | curves | workspace init``: model
+"""``exdd gate | publish | rollback | unpin | models | curves | workspace init|sync``: model
 lifecycle.
 
 Each command works on a line workspace (``--repo``, default the current folder) and its
@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from exdd.config import Params, load_params
-from exdd.errors import ConfigError, DataError
+from exdd.errors import ConfigError
 
 WIDE = 160  # table width when stdout is not a terminal
 
@@ -124,6 +124,15 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workspace_sync(args: argparse.Namespace) -> int:
+    from exdd.line.workspace import sync_stages
+
+    changed = sync_stages(Path(args.dir))
+    print(f"{Path(args.dir) / 'dvc.yaml'}: " + ("regenerated from the pipeline's stages and "
+                                               "committed" if changed else "up to date"))
+    return 0
+
+
 def _figure(text: str | None) -> str:
     return f"{float(text):.4f}" if text else ""
 
@@ -138,15 +147,10 @@ def _workspace_init(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
-    import json
-
     from exdd.evaluation.curves import write_curves
+    from exdd.evaluation.report import MetricsReport
 
-    metrics_file = Path(args.metrics)
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{metrics_file}: cannot read metrics ({err})") from None
+    metrics = MetricsReport.read(args.metrics).to_json()
     for path in write_curves(metrics, Path(args.out)):
         print(f"wrote {path}")
     return 0
@@ -203,3 +207,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--params", help="params file to copy in (default: exdd's own)")
     init.add_argument("--no-demo", action="store_true", help="no demo inbox and benchmark")
     init.set_defaults(func=_workspace_init)
+    sync = ws_sub.add_parser("sync", help="rewrite a workspace's dvc.yaml from the pipeline's "
+                                          "stages (after an exdd upgrade) and commit it")
+    sync.add_argument("dir", metavar="DIR")
+    sync.set_defaults(func=_workspace_sync)

@@ -20,9 +20,13 @@ from exdd.errors import ConfigError
 RUN_PREFIX = {"nightly": "cli", "score-batch": "batch"}
 
 
+def run_stamp() -> str:
+    """Now, as the time part of a generated run id (``<kind>__<stamp>``)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
 def _run_id(args: argparse.Namespace) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    return args.run_id or f"{RUN_PREFIX[args.command]}__{stamp}"
+    return args.run_id or f"{RUN_PREFIX[args.command]}__{run_stamp()}"
 
 
 def _nightly(args: argparse.Namespace) -> int:
@@ -41,23 +45,25 @@ def _score_batch(args: argparse.Namespace) -> int:
 
     run = open_run(args.params, args.line, _run_id(args))
     scored = score_images(run, collect_images(args.inputs))
-    if scored["scores_dir"] is None:
-        print(f"nothing scored: {scored['reason']}")
+    if scored.scores_dir is None:
+        print(f"nothing scored: {scored.reason}")
         return 1
-    print(f"{scored['n_scored']} image(s) scored by champion v{scored['model_version']}, "
-          f"{scored['n_flagged']} flagged: {run.workspace / scored['scores_dir']}")
-    return report_unreadable(scored["unreadable"])
+    print(f"{scored.n_scored} image(s) scored by champion v{scored.model_version}, "
+          f"{scored.n_flagged} flagged: {run.workspace / scored.scores_dir}")
+    return report_unreadable(scored.unreadable)
 
 
 def _outcomes(args: argparse.Namespace) -> int:
     from exdd.line.lines import open_line
     from exdd.line.review.queue import list_outcomes
     from exdd.pipeline.nightly import summary
+    from exdd.line.outcome import Outcome
 
     line = open_line(args.params, args.line)
     outcomes = list_outcomes(line.workspace, line.params.review)
     for outcome in reversed(outcomes[: args.last]):
-        print(json.dumps(outcome, sort_keys=True) if args.json else "\n".join(summary(outcome)))
+        print(json.dumps(outcome, sort_keys=True) if args.json else
+              "\n".join(summary(Outcome.from_json(outcome, f"run {outcome.get('run_id')}"))))
     return 0 if outcomes else 1
 
 

@@ -9,8 +9,9 @@ import numpy as np
 
 from exdd.data.readers import Sample, read_mask
 from exdd.errors import DataError
+from exdd.detector.model import ExDD, Prediction, data_fingerprint
 from exdd.evaluation.metrics import compute_metrics
-from exdd.detector.model import ExDD, Prediction
+from exdd.evaluation.report import MetricsReport
 
 
 def ground_truth(model: ExDD, samples: Sequence[Sample]) -> np.ndarray:
@@ -30,3 +31,11 @@ def evaluate(model: ExDD, samples: Sequence[Sample],
     pred = prediction or model.predict([s.image for s in samples])
     labels = np.array([s.label for s in samples])
     return compute_metrics(pred.scores, labels, pred.maps, masks)
+
+
+def benchmark_report(model: ExDD, samples: Sequence[Sample],
+                     bench_hash: str | None = None) -> MetricsReport:
+    """``evaluate()`` as the ``metrics.json`` record, named for the split it was made on
+    (its fingerprint unless the caller already has it)."""
+    return MetricsReport(**evaluate(model, samples),
+                         benchmark_hash=bench_hash or data_fingerprint(samples))

@@ -10,7 +10,6 @@ scale) are what a defect mask is cut from, with the batch's colour scale recorde
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 from dataclasses import dataclass
@@ -21,19 +20,14 @@ import numpy as np
 
 from exdd.errors import DataError
 from exdd.fsutil import atomic_dir, write_bytes_atomic
+from exdd.inference.scores import SCORES_FILE, ScoreRow, scores_text
 
 if TYPE_CHECKING:  # the model pulls in torch: only the scoring itself needs it
     from exdd.detector.model import ExDD
 
-SCORES_FILE = "scores.csv"
 OVERLAYS_DIR = "overlays"
 MAPS_DIR = "maps"
 MAP_DTYPE = np.float16  # half of float32's bytes; far finer than any mask level
-# ``overlay`` / ``map``: paths relative to the batch folder; ``map_min`` / ``map_max``: the
-# raw map values the overlays draw as coldest / hottest (one scale for the batch);
-# ``error``: why an image could not be scored (its score, flag, overlay and map are empty).
-SCORE_COLUMNS = ("image", "score", "flag", "threshold", "model_version", "overlay", "map",
-                 "map_min", "map_max", "error")
 
 
 @dataclass(frozen=True)
@@ -98,10 +92,7 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
         raise DataError(f"none of the {len(images)} image(s) could be read; {path}: {why}")
     pred = model.predict(good)
     vmin, vmax = float(pred.maps.min()), float(pred.maps.max())
-    limit = "" if threshold is None else threshold
-    rows = io.StringIO()
-    writer = csv.writer(rows)
-    writer.writerow(SCORE_COLUMNS)
+    rows: list[ScoreRow] = []
 
     def name(path: Path) -> str:
         return os.path.relpath(path, relative_to) if relative_to else str(path)
@@ -112,11 +103,12 @@ def write_predictions(model: ExDD, images: list[Path], out: Path, threshold: flo
             overlay, raw = f"{OVERLAYS_DIR}/{stem}.png", f"{MAPS_DIR}/{stem}.npy"
             save_overlay(staging / overlay, read_image(path), amap, vmin, vmax)
             save_map(staging / raw, amap)
-            flag = "" if threshold is None else int(score >= threshold)
-            writer.writerow([name(path), repr(float(score)), flag, limit, model_version,
-                             overlay, raw, repr(vmin), repr(vmax), ""])
-        for path, why in failed:
-            writer.writerow([name(path), "", "", limit, model_version, "", "", "", "", why])
-        (staging / SCORES_FILE).write_text(rows.getvalue())
+            flag = None if threshold is None else bool(score >= threshold)
+            rows.append(ScoreRow(image=name(path), score=float(score), flag=flag,
+                                 threshold=threshold, model_version=model_version,
+                                 overlay=overlay, map=raw, map_min=vmin, map_max=vmax))
+        rows += [ScoreRow(image=name(path), threshold=threshold, model_version=model_version,
+                          error=why) for path, why in failed]
+        (staging / SCORES_FILE).write_text(scores_text(rows))
     flagged = 0 if threshold is None else int((pred.scores >= threshold).sum())
     return BatchResult(len(good), flagged, failed)

@@ -25,8 +25,8 @@ from typing import Any
 from exdd.config import Params
 from exdd.errors import ConfigError, ModelError
 from exdd.line.audit import append_audit
-from exdd.line.gate import METRICS_FILE
 from exdd.detector.modelio import CHECKSUMS, model_hash, verify
+from exdd.evaluation.report import MetricsReport
 from exdd.line.registry import CHAMPION, TAG_HASH, Registry, registry_exists, tracking_uri
 
 PIN_TAG = "exdd.pinned"  # registered-model tag: JSON of the Pin
@@ -71,8 +71,8 @@ def check_recorded(model_dir: Path, expected: str | None, what: str) -> Path:
 
 def model_threshold(model_dir: Path, tags: Mapping[str, str] | None = None) -> float | None:
     """A model's F1-optimal threshold: its metrics.json, else its version's tag."""
-    metrics = Path(model_dir) / METRICS_FILE
-    threshold = json.loads(metrics.read_text()).get("threshold") if metrics.is_file() else None
+    metrics = MetricsReport.beside(model_dir)
+    threshold = metrics.threshold if metrics is not None else None
     if threshold is None and (tags or {}).get("threshold"):
         threshold = float((tags or {})["threshold"])
     return threshold

@@ -20,16 +20,14 @@ from typing import Any
 from exdd.config import Params
 from exdd.data.readers import Sample, load_samples, read_image
 from exdd.errors import ModelError
-from exdd.evaluation.evaluate import evaluate
 from exdd.detector.model import ExDD, data_fingerprint
 from exdd.detector.modelio import model_hash, verify, write_annotation
-from exdd.line.registry import (
-    CHAMPION, REJECTED, TAG_BENCHMARK, TAG_GATE, Overlays, Registry, scalar_metrics,
-)
+from exdd.evaluation.evaluate import benchmark_report
+from exdd.evaluation.report import MetricsReport
+from exdd.line.registry import CHAMPION, REJECTED, TAG_BENCHMARK, TAG_GATE, Overlays, Registry
 
 GATE_FILE = "gate.json"
-METRICS_FILE = "metrics.json"
-GATED_METRICS = ("image_auroc", "pixel_auroc")
+GATED_METRICS = ("image_auroc", "pixel_auroc")  # the gate's policy: a subset of the figures
 
 
 @dataclass
@@ -70,17 +68,15 @@ def benchmark_samples(benchmark: Path) -> tuple[list[Sample], str]:
 
 
 def metrics_on(model_dir: Path, samples: list[Sample], bench_hash: str,
-               record: bool = True) -> dict[str, Any]:
+               record: bool = True) -> MetricsReport:
     """Metrics of a model on the benchmark: its metrics.json when made on this very split,
     else a fresh evaluation (written to metrics.json when ``record``)."""
-    path = model_dir / METRICS_FILE
-    known = json.loads(path.read_text()) if path.is_file() else {}
-    if known.get("benchmark_hash") == bench_hash:
+    known = MetricsReport.beside(model_dir)
+    if known is not None and known.benchmark_hash == bench_hash:
         return known
-    metrics = evaluate(ExDD.load(model_dir), samples)
-    metrics["benchmark_hash"] = bench_hash
+    metrics = benchmark_report(ExDD.load(model_dir), samples, bench_hash)
     if record:
-        write_annotation(model_dir, METRICS_FILE, metrics)
+        metrics.write_beside(model_dir)
     return metrics
 
 
@@ -132,8 +128,7 @@ def _champion_metrics(registry: Registry, params: Params, repo: Path, samples: l
 
     with tempfile.TemporaryDirectory(prefix="exdd-champion-") as tmp:
         loaded = load_version(registry, champion, Path(tmp), repo / params.publish.champion_dir)
-        return scalar_metrics(metrics_on(loaded.model_dir, samples, bench_hash,
-                                         record=False)), version
+        return metrics_on(loaded.model_dir, samples, bench_hash, record=False).scalars(), version
 
 
 def run_gate(candidate: Path, benchmark: Path, params: Params, repo: Path) -> GateDecision:
@@ -143,16 +138,17 @@ def run_gate(candidate: Path, benchmark: Path, params: Params, repo: Path) -> Ga
     digest = model_hash(candidate)
     samples, bench_hash = benchmark_samples(Path(benchmark))
     metrics = metrics_on(candidate, samples, bench_hash)
+    figures = metrics.scalars()
     registry = Registry(params, repo)
     champion, champion_version = _champion_metrics(registry, params, repo, samples, bench_hash)
-    passed, reasons = judge(metrics, champion, champion_version, params)
+    passed, reasons = judge(figures, champion, champion_version, params)
     decision = GateDecision(
-        passed, reasons, scalar_metrics(metrics), champion, digest, bench_hash,
+        passed, reasons, figures, champion, digest, bench_hash,
         champion_version, decided_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     overlays = overlay_set(ExDD.load(candidate), samples, params.gate.overlay_images)
     decision.run_id, decision.model_uri = registry.log_candidate(
-        candidate, metrics, decision.to_json(), overlays)
+        candidate, metrics.to_json(), decision.to_json(), overlays)
     if not passed:
         version_tags = {TAG_GATE: "false", TAG_BENCHMARK: bench_hash,
                         **{k: str(v) for k, v in decision.metrics.items()}}

@@ -27,9 +27,10 @@ from exdd.config import Params
 from exdd.data.readers import Sample
 from exdd.errors import ExddError, ModelError
 from exdd.fsutil import atomic_dir, sha256_file
+from exdd.evaluation.report import METRICS_FILE
 from exdd.line.audit import append_audit, current_user, utc_now
 from exdd.line.champion import refuse_if_pinned
-from exdd.line.gate import GATE_FILE, METRICS_FILE, GateDecision, benchmark_samples, read_gate
+from exdd.line.gate import GATE_FILE, GateDecision, benchmark_samples, read_gate
 from exdd.detector.model import ExDD
 from exdd.detector.modelio import CHECKSUMS, CONTENT_FILES, META, model_hash, verify
 from exdd.line.registry import (

@@ -27,6 +27,7 @@ from mlflow.tracking import is_tracking_uri_set
 from exdd.config import Params, PublishConfig, expand_env
 from exdd.errors import ExddError
 from exdd.detector.modelio import META
+from exdd.evaluation.report import METRICS_FILE, scalar_metrics
 from exdd.line.pyfunc import MODEL_DIR_PATH, THRESHOLD_KEY, log_pyfunc
 from exdd.inference.overlays import overlay_grid, plot_roc_pr
 from exdd.line.workspace import scrub
@@ -38,7 +39,6 @@ TAG_HASH = "model_hash"
 TAG_BENCHMARK = "benchmark_hash"
 TAG_GATE = "gate_passed"
 TAG_GIT = "git_tag"
-SCALAR_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "f1_max", "threshold")
 SQLITE = "sqlite:///"
 # Benchmark images, their anomaly maps and titles, for the overlay grid of a run.
 Overlays = tuple[list[np.ndarray], list[np.ndarray], list[str]]
@@ -71,11 +71,6 @@ def redact(uri: str, text: str | None = None) -> str:
     text = uri if text is None else text
     userinfo, at, _ = urlsplit(uri).netloc.rpartition("@")
     return text.replace(f"{userinfo}@", "***@") if at else text
-
-
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numeric headline figures of an evaluate() result."""
-    return {k: float(metrics[k]) for k in SCALAR_METRICS if k in metrics}
 
 
 def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
@@ -155,7 +150,7 @@ class Registry:
                 mlflow.log_metrics(scalar_metrics(metrics))
                 mlflow.log_artifact(str(work / "roc_pr.png"), "plots")
                 mlflow.log_artifact(str(work / "overlays.png"), "plots")
-                mlflow.log_dict(metrics, "metrics.json")
+                mlflow.log_dict(metrics, METRICS_FILE)
                 mlflow.log_dict(decision, "gate.json")
                 mlflow.set_tags({
                     "exdd.line": line,

@@ -22,9 +22,10 @@ from exdd.config import IntakeConfig, PublishConfig, load_params
 from exdd.data.readers import Sample, load_samples
 from exdd.errors import ConfigError, ExddError
 from exdd.fsutil import write_text_atomic
+from exdd.line.stages import DVC_YAML, dvc_yaml_text, write_dvc_yaml
 
-# The pipeline definition and the default params live once, at the repository root.
-TEMPLATE_FILES = ("dvc.yaml", "params.yaml")
+# The default params live once, at the repository root (dvc.yaml: exdd.line.stages).
+TEMPLATE_FILES = ("params.yaml",)
 # The platform params' list of lines; a line workspace's own params.yaml leaves it out.
 LINES_KEY = "lines"
 # Used only when git has no identity configured (fresh CI machines, containers).
@@ -52,7 +53,7 @@ GITIGNORE = """\
 
 
 def template_dir() -> Path:
-    """The folder holding ``dvc.yaml`` and ``params.yaml`` (this source checkout's root)."""
+    """The folder holding the template ``params.yaml`` (this source checkout's root)."""
     root = Path(__file__).resolve().parents[2]
     missing = [name for name in TEMPLATE_FILES if not (root / name).is_file()]
     if missing:
@@ -270,7 +271,7 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
     from exdd.data.demo import make_demo
 
     ws = Workspace(root)
-    if (ws.root / "dvc.yaml").exists():
+    if (ws.root / DVC_YAML).exists():
         raise ConfigError(f"{ws.root}: already holds a dvc.yaml; not overwriting a workspace")
     ws.root.mkdir(parents=True, exist_ok=True)
     templates = template_dir()
@@ -282,14 +283,14 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
         ws.dvc("init", "-q")
         # no usage reports from unattended nightly runs (DVC would phone home on every command)
         ws.dvc("config", "core.analytics", "false")
-    shutil.copyfile(templates / "dvc.yaml", ws.root / "dvc.yaml")
+    write_dvc_yaml(ws.root)
     write_text_atomic(ws.root / "params.yaml", line_params_text(params_src.read_text()))
     ignore = ws.root / ".gitignore"
     existing = ignore.read_text() if ignore.exists() else ""
     if GITIGNORE not in existing:
         write_text_atomic(ignore, existing + GITIGNORE)
     ws.configure_remote(params.publish, remote_url)
-    tracked = ["dvc.yaml", "params.yaml", ".gitignore", ".dvc/config", ".dvc/.gitignore",
+    tracked = [DVC_YAML, "params.yaml", ".gitignore", ".dvc/config", ".dvc/.gitignore",
                ".dvcignore"]
     if demo:
         staging = ws.root / "data" / ".demo"
@@ -303,3 +304,17 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
         tracked += [dvc_file, str(Path(params.gate.benchmark).parent / ".gitignore")]
     ws.commit("exdd workspace: pipeline, params and benchmark", tracked)
     return ws
+
+
+def sync_stages(root: str | Path) -> bool:
+    """Rewrite a workspace's ``dvc.yaml`` from the pipeline's stage definition and commit
+    it; False when it already was the generated one."""
+    ws = Workspace(root)
+    if not (ws.root / DVC_YAML).is_file():
+        raise ConfigError(f"{ws.root}: no dvc.yaml; not a line workspace "
+                          "(create one with `exdd workspace init`)")
+    if ws.path(DVC_YAML).read_text() == dvc_yaml_text():
+        return False
+    write_dvc_yaml(ws.root)
+    ws.commit("exdd workspace: dvc.yaml regenerated from the pipeline's stages", [DVC_YAML])
+    return True

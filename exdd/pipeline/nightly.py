@@ -3,9 +3,12 @@
 The Airflow DAG (``dags/exdd_nightly.py``, one per line) and ``exdd nightly`` (no Airflow)
 run the same steps: validate → synthesize → build_banks → evaluate → gate → publish →
 score → report. A step takes the run (:class:`LineRun`: line, run id, workspace, the
-workspace's params) and returns a small JSON-able summary, the only thing that travels
-between Airflow tasks; artifacts stay in the line workspace. Every step can be repeated for
-the same run without duplicating data or versions: intake keeps a per-run report and a
+workspace's params) and returns a typed summary (``exdd.pipeline.summaries``), the only
+thing that travels between Airflow tasks; artifacts stay in the line workspace. The steps
+validate, synthesize, build_banks and evaluate are the stages of the workspace's dvc.yaml
+(``exdd.line.stages``, its one definition): they write the paths the stages declare and
+record them with ``dvc commit``. Every step can be repeated for the same run without
+duplicating data or versions: intake keeps a per-run report and a
 crash-safe journal, models and score folders are written atomically, the gate reuses a
 decision made on the same model, benchmark and champion, publishing is idempotent by model
 hash, and the MLflow outcome run is found again by the run id.
@@ -19,25 +22,16 @@ and the report still run.
 Review outputs (read by the review dashboard, ``exdd.line.review``), in the line workspace,
 folders from the ``review`` section of its params:
 
-- ``reviews/scores/<run_id>/scores.csv``: one row per image accepted this night, columns
-  ``image`` (workspace-relative path), ``score``, ``flag`` (1 when score >= threshold, else
-  0), ``threshold`` (the champion's F1-optimal threshold), ``model_version`` (MLflow version
-  of the champion that scored), ``overlay`` (``overlays/<stem>.png``, relative to the run
-  folder), ``error`` (why an unreadable image has no score; empty otherwise); written only
-  when a champion exists and images were accepted;
+- ``reviews/scores/<run_id>/scores.csv``: one row per image accepted this night
+  (``exdd.inference.scores.ScoreRow``: image, score, flag, the champion's threshold and
+  MLflow version, overlay, error), written only when a champion exists and images were
+  accepted;
 - ``reviews/scores/<run_id>/overlays/<stem>.png``: heatmap overlays (one colour scale for
   the whole run);
-- ``reports/outcomes/<run_id>.json``: ``{run_id, line, started, finished, n_total,
-  n_accepted, n_quarantined, metrics, gate: {passed, reasons}, champion_version,
-  new_champion, scores_dir}`` plus ``status`` (published | pinned | gate_failed |
-  intake_failed | no_new_data; pinned: the candidate passed but an operator's rollback
-  pinned the line, see ``exdd.line.champion``), ``pinned`` (the pin, or null),
-  ``batch``, ``model_hash``, ``published_tag``, ``n_scored``, ``n_flagged``, ``n_held``
-  (files held with a failed batch), ``drift`` (intake drift events, e.g. a size change)
-  and ``mlflow_run_id``. ``metrics`` are the candidate's benchmark figures (empty when nothing
-  was trained), ``gate.passed`` is null when the gate did not run, ``scores_dir`` is
-  workspace-relative or null. The same outcome is logged to MLflow as a run tagged
-  ``exdd.kind=nightly`` in the line's experiment.
+- ``reports/outcomes/<run_id>.json``: the run's ``exdd.line.outcome.Outcome`` (status,
+  intake counts and drift, the candidate's figures, the gate's verdict, the champion and
+  its pin, the scoring counts), also logged to MLflow as a run tagged ``exdd.kind=nightly``
+  in the line's experiment.
 """
 
 from __future__ import annotations
@@ -49,21 +43,29 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from exdd.config import LineConfig, Params
 from exdd.errors import ConfigError, DataError
 from exdd.fsutil import write_text_atomic
 from exdd.line.lines import open_line
+from exdd.evaluation.report import HEADLINE_METRICS
+from exdd.line.outcome import GateOutcome, Outcome
+from exdd.line.stages import (
+    CANDIDATE_DIR, DATASET, INTAKE_REPORTS, MANIFEST, METRICS_REPORT, SYNTHETIC_DIR,
+    check_dvc_yaml,
+)
+from exdd.pipeline.summaries import (
+    BanksSummary, EvalSummary, GateSummary, IntakeSummary, PublishSummary, ScoreSummary,
+    SynthSummary,
+)
 from exdd.storage import is_s3_uri
 
-# Workspace paths fixed by the pipeline definition (dvc.yaml of the workspace template).
-SYNTHETIC_DIR = "data/synthetic"
-CANDIDATE_DIR = "models/candidate"
-INTAKE_REPORTS = "reports/intake"
-METRICS_REPORT = "reports/metrics.json"
+if TYPE_CHECKING:
+    from exdd.line.champion import Pin
+
+# Where a run notes what its steps did (a repeated step reads it): not a pipeline output.
 RUN_STATE = "reports/nightly"
-MANIFEST = "manifest.csv"
 # Airflow's own run-id alphabet; no '/' so that a run id is always one folder name.
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_~:+-][A-Za-z0-9_.~:+-]*")
 NIGHTLY_TAG = "exdd.kind"
@@ -109,7 +111,7 @@ class LineRun:
 
     @property
     def outcome_file(self) -> Path:
-        return self.path(self.params.review.outcomes_dir) / f"{self.run_id}.json"
+        return Outcome.path(self.path(self.params.review.outcomes_dir), self.run_id)
 
     def state_file(self, step: str) -> Path:
         """Where a step notes what it did in this run, so that a repeat can skip it."""
@@ -133,9 +135,14 @@ def now() -> str:
 
 def record_stages(run: LineRun, *stages: str) -> None:
     """Record what a step produced as its ``dvc.yaml`` stage (hashes into dvc.lock, files
-    into the DVC cache), exactly as ``dvc repro`` would have."""
+    into the DVC cache), exactly as ``dvc repro`` would have; the workspace's dvc.yaml must
+    be the pipeline's stage definition (``exdd.line.stages``), and so the data set path."""
     from exdd.line.workspace import Workspace
 
+    check_dvc_yaml(run.workspace)
+    if Path(run.line.dataset) != Path(DATASET):
+        raise ConfigError(f"line {run.line.name}: dataset {run.line.dataset} is not the "
+                          f"pipeline's {DATASET}; DVC would record the wrong folder")
     inbox = run.line.inbox
     if not is_s3_uri(inbox):
         run.path(inbox).mkdir(parents=True, exist_ok=True)  # a dependency of 'validate'
@@ -164,7 +171,7 @@ def commit_lineage(run: LineRun, model_hash: str) -> None:
 # --------------------------------------------------------------------------- steps
 
 
-def validate(run: LineRun) -> dict[str, Any]:
+def validate(run: LineRun) -> IntakeSummary:
     """Intake: validate the inbox into the data set, bad files to quarantine."""
     from exdd.line.intake import IntakeResult, validate_inbox
     from exdd.line.intake.validate import REPORT_JSON
@@ -181,79 +188,68 @@ def validate(run: LineRun) -> dict[str, Any]:
         if not result.passed:  # no candidate tonight: the held batch is the lineage
             commit_lock(run, f"nightly {run.line.name} {run.run_id}: intake of batch "
                              f"{result.batch} failed, held in quarantine")
-    return {"batch": result.batch, "n_total": result.n_total, "n_accepted": result.n_accepted,
-            "n_quarantined": result.n_quarantined, "n_held": result.n_held,
-            "failed_fraction": result.failed_fraction, "passed": result.passed,
-            "drift": result.drift,
-            "report": str(result.report_path) if result.report_path else None}
+    return IntakeSummary(
+        batch=result.batch, n_total=result.n_total, n_accepted=result.n_accepted,
+        n_quarantined=result.n_quarantined, n_held=result.n_held,
+        failed_fraction=result.failed_fraction, passed=result.passed, drift=result.drift,
+        report=str(result.report_path) if result.report_path else None)
 
 
-def intake_problem(intake: dict[str, Any]) -> str:
-    """Why a night's intake does not allow training."""
-    if intake["n_total"] == 0:
-        return "the inbox held no new files"
-    failed = intake["n_quarantined"] - intake.get("n_held", 0)
-    return (f"intake of batch {intake['batch']} failed ({failed} of {intake['n_total']} "
-            f"file(s) failed; the batch is held in quarantine until released)")
-
-
-def require_intake(intake: dict[str, Any]) -> None:
+def require_intake(intake: IntakeSummary) -> None:
     """Training needs a batch that passed validation."""
-    if not intake["passed"]:
-        raise StepSkipped(f"{intake_problem(intake)}: no training tonight")
+    if not intake.passed:
+        raise StepSkipped(f"{intake.problem()}: no training tonight")
 
 
-def synthesize(run: LineRun, intake: dict[str, Any]) -> dict[str, Any]:
+def synthesize(run: LineRun, intake: IntakeSummary) -> SynthSummary:
     """Synthetic defects for the positive bank, from the data set's normal images."""
     from exdd.data.readers import load_samples
     from exdd.data.synth import synthesize as make_synthetic
 
     require_intake(intake)
     out = run.path(SYNTHETIC_DIR)
-    make_synthetic(run.dataset / MANIFEST, out, run.params.synth, run.params.data)
+    make_synthetic(run.path(MANIFEST), out, run.params.synth, run.params.data)
     record_stages(run, "synthesize")
-    return {"synthetic": str(out), "n_synthetic": len(load_samples(out))}
+    return SynthSummary(synthetic=str(out), n_synthetic=len(load_samples(out)))
 
 
-def build_banks(run: LineRun) -> dict[str, Any]:
+def build_banks(run: LineRun) -> BanksSummary:
     """Fit the memory banks on the data set's train split plus the synthetic defects."""
     from exdd.data.readers import load_samples
     from exdd.detector.model import ExDD
     from exdd.detector.modelio import CHECKSUMS, model_hash
 
     marker = run.state_file("banks")
-    if marker.is_file():
-        built = json.loads(marker.read_text())
+    built = BanksSummary.read(marker)
+    if built is not None:
         done = (run.candidate / CHECKSUMS).is_file() and model_hash(run.candidate)
-        if done == built["model_hash"]:
+        if done == built.model_hash:
             return built  # this run built the candidate already: a repeated step refits nothing
-    train = load_samples(run.dataset / MANIFEST, "train")
+    train = load_samples(run.path(MANIFEST), "train")
     synthetic = [s for s in load_samples(run.path(SYNTHETIC_DIR)) if s.label == 1]
     model = ExDD(run.params.model, run.params.data).fit(train, synthetic)
-    built = {"model_hash": model.save(run.candidate), "bank_normal": len(model.bank_normal_),
-             "bank_defect": len(model.bank_defect_), "n_train": len(train),
-             "n_synthetic": len(synthetic)}
+    built = BanksSummary(model_hash=model.save(run.candidate),
+                         bank_normal=len(model.bank_normal_),
+                         bank_defect=len(model.bank_defect_), n_train=len(train),
+                         n_synthetic=len(synthetic))
     record_stages(run, "fit")
-    write_text_atomic(marker, json.dumps(built, indent=2) + "\n")
+    built.write(marker)
     return built
 
 
-def evaluate(run: LineRun) -> dict[str, Any]:
+def evaluate(run: LineRun) -> EvalSummary:
     """Benchmark metrics of the candidate (reused when already made on this split), then
     version the night's data and banks in git."""
-    from exdd.line.gate import benchmark_samples, metrics_on
     from exdd.detector.modelio import model_hash
-    from exdd.line.registry import scalar_metrics
+    from exdd.line.gate import benchmark_samples, metrics_on
 
     samples, bench_hash = benchmark_samples(run.benchmark)
     metrics = metrics_on(run.candidate, samples, bench_hash)
-    write_text_atomic(run.path(METRICS_REPORT),
-                      json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    metrics.write(run.path(METRICS_REPORT))
     record_stages(run, "evaluate")
     digest = model_hash(run.candidate)
     commit_lineage(run, digest)
-    return {"model_hash": digest, "benchmark_hash": bench_hash,
-            "metrics": scalar_metrics(metrics)}
+    return EvalSummary(model_hash=digest, benchmark_hash=bench_hash, metrics=metrics.scalars())
 
 
 def current_champion(run: LineRun) -> tuple[int | None, str | None]:
@@ -266,7 +262,7 @@ def current_champion(run: LineRun) -> tuple[int | None, str | None]:
     return int(champion.version), champion.tags.get(TAG_HASH)
 
 
-def gate(run: LineRun, evaluated: dict[str, Any]) -> dict[str, Any]:
+def gate(run: LineRun, evaluated: EvalSummary) -> GateSummary:
     """The promotion gate. A decision already made on this very model and benchmark is
     reused (a repeated step logs no second MLflow run) while the champion it was made
     against is still the champion, or when it is the candidate itself (already published)."""
@@ -274,115 +270,115 @@ def gate(run: LineRun, evaluated: dict[str, Any]) -> dict[str, Any]:
 
     decision = read_gate(run.candidate)
     version, champion_hash = current_champion(run)
-    reusable = (decision is not None and decision.model_hash == evaluated["model_hash"]
-                and decision.benchmark_hash == evaluated["benchmark_hash"]
+    reusable = (decision is not None and decision.model_hash == evaluated.model_hash
+                and decision.benchmark_hash == evaluated.benchmark_hash
                 and (decision.champion_version == version
                      or (decision.passed and champion_hash == decision.model_hash)))
     if not reusable:
         decision = run_gate(run.candidate, run.benchmark, run.params, run.workspace)
-    return {"passed": decision.passed, "reasons": decision.reasons,
-            "metrics": decision.metrics, "champion_metrics": decision.champion_metrics,
-            "champion_version": decision.champion_version, "model_hash": decision.model_hash,
-            "rejected_version": decision.rejected_version, "mlflow_run_id": decision.run_id}
+    return GateSummary(
+        passed=decision.passed, reasons=decision.reasons, metrics=decision.metrics,
+        champion_metrics=decision.champion_metrics, champion_version=decision.champion_version,
+        model_hash=decision.model_hash, rejected_version=decision.rejected_version,
+        mlflow_run_id=decision.run_id)
 
 
-def publish(run: LineRun, decision: dict[str, Any]) -> dict[str, Any]:
+def publish(run: LineRun, decision: GateSummary) -> PublishSummary:
     """Make the gated candidate the champion (DVC push, MLflow version, git tag, alias)."""
     from exdd.line.publish import publish as publish_model
 
-    if not decision["passed"]:
-        kept = decision["champion_version"]
+    if not decision.passed:
+        kept = decision.champion_version
         raise StepSkipped("gate failed: " + (f"champion v{kept} stays" if kept else
                                              "no champion yet") + "; " +
-                          "; ".join(r for r in decision["reasons"] if r.startswith("FAIL")))
+                          "; ".join(r for r in decision.reasons if r.startswith("FAIL")))
     pin = line_pin(run)
-    if pin is not None and current_champion(run)[1] != decision["model_hash"]:
+    if pin is not None and current_champion(run)[1] != decision.model_hash:
         raise StepSkipped(f"line {run.line.name} is {pin.describe()}; candidate "
-                          f"{decision['model_hash'][:12]} passed the gate and is recorded "
-                          f"(MLflow run {decision['mlflow_run_id']}), not published")
+                          f"{decision.model_hash[:12]} passed the gate and is recorded "
+                          f"(MLflow run {decision.mlflow_run_id}), not published")
     done = publish_model(run.candidate, run.params, run.workspace)
-    return {"tag": done.tag, "version": done.version, "model_hash": done.model_hash}
+    return PublishSummary(tag=done.tag, version=done.version, model_hash=done.model_hash)
 
 
-def line_pin(run: LineRun) -> Any | None:
-    """The pin an operator's rollback put on the line (``exdd.line.champion.Pin``), or None."""
+def line_pin(run: LineRun) -> Pin | None:
+    """The pin an operator's rollback put on the line, or None."""
     from exdd.line.champion import read_pin
     from exdd.line.registry import Registry
 
     return read_pin(Registry(run.params, run.workspace))
 
 
-def accepted_images(intake: dict[str, Any], dataset: Path) -> list[Path]:
+def accepted_images(intake: IntakeSummary, dataset: Path) -> list[Path]:
     """The images this night's intake accepted, from its report."""
     from exdd.line.intake.validate import REPORT_JSON
 
-    if not intake.get("report"):
+    if not intake.report:
         return []
-    summary = Path(intake["report"]) / REPORT_JSON
+    summary = Path(intake.report) / REPORT_JSON
     if not summary.is_file():
         raise DataError(f"{summary}: intake report missing; cannot tell which images to score")
     return [dataset / p for p in json.loads(summary.read_text())["summary"]["accepted"]]
 
 
-def score_images(run: LineRun, images: list[Path]) -> dict[str, Any]:
+def score_images(run: LineRun, images: list[Path]) -> ScoreSummary:
     """Score ``images`` with the current champion into this run's review folder."""
+    from exdd.detector.model import ExDD
     from exdd.inference.batch import write_predictions
     from exdd.line.champion import load_champion
-    from exdd.detector.model import ExDD
 
     with tempfile.TemporaryDirectory(prefix="exdd-champion-") as tmp:
         champion = None if not images else load_champion(run.params, run.workspace, Path(tmp))
         if champion is None:
-            reason = "no images" if not images else "no champion yet"
-            return {"scores_dir": None, "n_scored": 0, "n_flagged": 0, "model_version": None,
-                    "reason": reason}
+            return ScoreSummary(scores_dir=None,
+                                reason="no images" if not images else "no champion yet")
         version, threshold = champion.version, champion.threshold
         done = write_predictions(ExDD.load(champion.model_dir), images, run.scores_dir,
                                  threshold, version, relative_to=run.workspace)
-    return {"scores_dir": os.path.relpath(run.scores_dir, run.workspace),
-            "n_scored": done.n_scored, "n_flagged": done.n_flagged, "model_version": version,
-            "threshold": threshold,
-            "unreadable": [[os.path.relpath(p, run.workspace), why] for p, why in done.failed]}
+    return ScoreSummary(
+        scores_dir=os.path.relpath(run.scores_dir, run.workspace), n_scored=done.n_scored,
+        n_flagged=done.n_flagged, model_version=version, threshold=threshold,
+        unreadable=[(os.path.relpath(p, run.workspace), why) for p, why in done.failed])
 
 
-def score(run: LineRun, intake: dict[str, Any]) -> dict[str, Any]:
+def score(run: LineRun, intake: IntakeSummary) -> ScoreSummary:
     """Score the night's accepted images with whichever model is champion now."""
     return score_images(run, accepted_images(intake, run.dataset))
 
 
-def report(run: LineRun, started: str, intake: dict[str, Any], evaluated: dict | None,
-           decision: dict | None, published: dict | None, scored: dict | None
-           ) -> dict[str, Any]:
+def report(run: LineRun, started: str, intake: IntakeSummary, evaluated: EvalSummary | None,
+           decision: GateSummary | None, published: PublishSummary | None,
+           scored: ScoreSummary | None) -> Outcome:
     """Write the run's outcome where the dashboard reads it, and log it to MLflow."""
     pin = line_pin(run)
     if decision is not None:
-        gate_info = {"passed": decision["passed"], "reasons": decision["reasons"]}
-        status = ("published" if published else "pinned" if decision["passed"]
+        gate_info = GateOutcome(passed=decision.passed, reasons=decision.reasons)
+        status = ("published" if published else "pinned" if decision.passed
                   else "gate_failed")
     else:  # training never started: the intake failed
-        gate_info = {"passed": None, "reasons": [f"NOT RUN {intake_problem(intake)}"]}
-        status = "no_new_data" if intake["n_total"] == 0 else "intake_failed"
-    scored = scored or {}
-    outcome: dict[str, Any] = {
-        "run_id": run.run_id, "line": run.line.name, "started": started, "finished": now(),
-        "status": status, "batch": intake["batch"], "n_total": intake["n_total"],
-        "n_accepted": intake["n_accepted"], "n_quarantined": intake["n_quarantined"],
-        "n_held": intake.get("n_held", 0), "drift": intake.get("drift", []),
-        "metrics": (evaluated or {}).get("metrics", {}), "gate": gate_info,
-        "model_hash": (evaluated or {}).get("model_hash"),
-        "champion_version": current_champion(run)[0],
-        "new_champion": bool(published) and published["version"] != decision["champion_version"],
-        "published_tag": (published or {}).get("tag"),
-        "scores_dir": scored.get("scores_dir"), "n_scored": scored.get("n_scored", 0),
-        "n_flagged": scored.get("n_flagged", 0),
-        "pinned": pin.describe() if pin is not None else None,
-    }
-    outcome["mlflow_run_id"] = log_outcome(run, outcome)
-    write_text_atomic(run.outcome_file, json.dumps(outcome, indent=2, sort_keys=True) + "\n")
+        gate_info = GateOutcome(passed=None, reasons=[f"NOT RUN {intake.problem()}"])
+        status = "no_new_data" if intake.n_total == 0 else "intake_failed"
+    scored = scored or ScoreSummary(scores_dir=None)
+    outcome = Outcome(
+        run_id=run.run_id, line=run.line.name, started=started, finished=now(),
+        status=status, batch=intake.batch, n_total=intake.n_total,
+        n_accepted=intake.n_accepted, n_quarantined=intake.n_quarantined,
+        n_held=intake.n_held, drift=intake.drift,
+        metrics=evaluated.metrics if evaluated else {}, gate=gate_info,
+        model_hash=evaluated.model_hash if evaluated else None,
+        champion_version=current_champion(run)[0],
+        new_champion=(published is not None and decision is not None
+                      and published.version != decision.champion_version),
+        published_tag=published.tag if published else None,
+        scores_dir=scored.scores_dir, n_scored=scored.n_scored, n_flagged=scored.n_flagged,
+        pinned=pin.describe() if pin is not None else None,
+    )
+    outcome = outcome.model_copy(update={"mlflow_run_id": log_outcome(run, outcome)})
+    outcome.write(run.path(run.params.review.outcomes_dir))
     return outcome
 
 
-def log_outcome(run: LineRun, outcome: dict[str, Any]) -> str:
+def log_outcome(run: LineRun, outcome: Outcome) -> str:
     """The run's outcome as an MLflow run of the line's experiment (one per run id)."""
     from mlflow.entities import Metric, Param, RunStatus
 
@@ -397,26 +393,27 @@ def log_outcome(run: LineRun, outcome: dict[str, Any]) -> str:
     mlrun = found[0] if found else client.create_run(
         experiment, run_name=f"nightly-{run.run_id}",
         tags={NIGHTLY_TAG: "nightly", RUN_ID_TAG: run.run_id, "exdd.line": run.line.name,
-              "exdd.status": outcome["status"]})
+              "exdd.status": outcome.status})
     run_id = mlrun.info.run_id
     stamp = int(datetime.now(timezone.utc).timestamp() * 1000)
-    figures = {"n_total": outcome["n_total"], "n_accepted": outcome["n_accepted"],
-               "n_quarantined": outcome["n_quarantined"], "n_scored": outcome["n_scored"],
-               "n_flagged": outcome["n_flagged"], "new_champion": int(outcome["new_champion"]),
-               "n_held": outcome["n_held"], "n_drift_events": len(outcome["drift"]),
-               **{f"candidate_{k}": v for k, v in outcome["metrics"].items()}}
-    if outcome["gate"]["passed"] is not None:
-        figures["gate_passed"] = int(outcome["gate"]["passed"])
+    figures = {"n_total": outcome.n_total, "n_accepted": outcome.n_accepted,
+               "n_quarantined": outcome.n_quarantined, "n_scored": outcome.n_scored,
+               "n_flagged": outcome.n_flagged, "new_champion": int(outcome.new_champion),
+               "n_held": outcome.n_held, "n_drift_events": len(outcome.drift),
+               **{f"candidate_{k}": v for k, v in outcome.metrics.items()}}
+    if outcome.gate.passed is not None:
+        figures["gate_passed"] = int(outcome.gate.passed)
     client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in figures.items()],
                      params=[] if found else [
-                         Param("champion_version", str(outcome["champion_version"])),
-                         Param("model_hash", str(outcome["model_hash"]))])
-    client.log_dict(run_id, outcome, "outcome.json")
+                         Param("champion_version", str(outcome.champion_version)),
+                         Param("model_hash", str(outcome.model_hash))])
+    client.log_dict(run_id, outcome.model_dump(mode="json", exclude={"mlflow_run_id"}),
+                    "outcome.json")
     client.set_terminated(run_id)
     return run_id
 
 
-def run_nightly(run: LineRun) -> dict[str, Any]:
+def run_nightly(run: LineRun) -> Outcome:
     """Every step in order, without Airflow: the same night the DAG runs."""
     started = now()
     intake = validate(run)
@@ -432,26 +429,24 @@ def run_nightly(run: LineRun) -> dict[str, Any]:
     return report(run, started, intake, evaluated, decision, published, score(run, intake))
 
 
-def summary(outcome: dict[str, Any]) -> list[str]:
+def summary(outcome: Outcome) -> list[str]:
     """A few lines for a person: counts, metrics, the gate's reasons, the champion."""
-    metrics = outcome.get("metrics") or {}
-    figures = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("image_auroc", "pixel_auroc", "aupro")
-                        if k in metrics)
-    lines = [f"line {outcome['line']} run {outcome['run_id']}: {outcome['status']}",
-             f"  intake: {outcome['n_total']} file(s), {outcome['n_accepted']} accepted, "
-             f"{outcome['n_quarantined']} quarantined"
-             + (f" ({outcome['n_held']} held with the failed batch)" if outcome.get("n_held")
-                else "")]
-    lines += [f"  drift: {event['message']}" for event in outcome.get("drift", [])]
+    metrics = outcome.metrics
+    figures = "  ".join(f"{k} {metrics[k]:.4f}" for k in HEADLINE_METRICS if k in metrics)
+    lines = [f"line {outcome.line} run {outcome.run_id}: {outcome.status}",
+             f"  intake: {outcome.n_total} file(s), {outcome.n_accepted} accepted, "
+             f"{outcome.n_quarantined} quarantined"
+             + (f" ({outcome.n_held} held with the failed batch)" if outcome.n_held else "")]
+    lines += [f"  drift: {event['message']}" for event in outcome.drift]
     if figures:
-        lines.append(f"  candidate {str(outcome.get('model_hash'))[:12]}: {figures}")
-    lines += [f"  gate: {reason}" for reason in outcome["gate"]["reasons"]]
-    champion = outcome["champion_version"]
-    if outcome.get("pinned"):
-        lines.append(f"  {outcome['pinned']}")
+        lines.append(f"  candidate {str(outcome.model_hash)[:12]}: {figures}")
+    lines += [f"  gate: {reason}" for reason in outcome.gate.reasons]
+    champion = outcome.champion_version
+    if outcome.pinned:
+        lines.append(f"  {outcome.pinned}")
     lines.append(f"  champion: {'v' + str(champion) if champion else 'none'}"
-                 + (f" (new: {outcome['published_tag']})" if outcome["new_champion"] else ""))
-    if outcome.get("scores_dir"):
-        lines.append(f"  scored {outcome['n_scored']} image(s), {outcome['n_flagged']} flagged: "
-                     f"{outcome['scores_dir']}")
+                 + (f" (new: {outcome.published_tag})" if outcome.new_champion else ""))
+    if outcome.scores_dir:
+        lines.append(f"  scored {outcome.n_scored} image(s), {outcome.n_flagged} flagged: "
+                     f"{outcome.scores_dir}")
     return lines

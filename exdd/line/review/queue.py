@@ -9,7 +9,6 @@ the operator sets one for all.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from exdd.config import ReviewConfig
 from exdd.errors import DataError
-from exdd.inference.batch import SCORES_FILE
+from exdd.inference.scores import SCORES_FILE, ScoreRow, read_score_rows
 from exdd.line.review.verdicts import VERDICTS
 
 UNREVIEWED = "unreviewed"
@@ -77,19 +76,14 @@ def _parse_time(value: object, fallback: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _optional_float(text: str | None) -> float | None:
-    return float(text) if text not in (None, "") else None
-
-
-def _stored_map(run_dir: Path, row: Mapping[str, str]) -> tuple[Path | None,
-                                                                 tuple[float, float] | None]:
+def _stored_map(run_dir: Path, row: ScoreRow) -> tuple[Path | None,
+                                                       tuple[float, float] | None]:
     """The row's anomaly map and its colour scale; none for runs scored before maps were
     stored."""
-    name = (row.get("map") or "").strip()
-    low, high = _optional_float(row.get("map_min")), _optional_float(row.get("map_max"))
-    if not name or low is None or high is None:
+    name = row.map.strip()
+    if not name or row.map_min is None or row.map_max is None:
         return None, None
-    return run_dir / name, (low, high)
+    return run_dir / name, (row.map_min, row.map_max)
 
 
 def read_scores(workspace: Path, cfg: ReviewConfig, line: str, run_id: str) -> list[ScoredImage]:
@@ -101,30 +95,18 @@ def read_scores(workspace: Path, cfg: ReviewConfig, line: str, run_id: str) -> l
     outcome = read_outcome(workspace, cfg, run_id) or {}
     mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     scored_at = _parse_time(outcome.get("finished"), mtime)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"image", "score"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}: scores lack column(s) {sorted(missing)}")
-        rows = list(reader)
     items = []
-    for lineno, row in enumerate(rows, start=2):
-        if row.get("error"):
+    for row in read_score_rows(path):
+        if row.error or row.score is None:
             continue  # an image the run could not read: nothing to review
-        try:
-            score = float(row["score"])
-            threshold = _optional_float(row.get("threshold"))
-            flag = None if row.get("flag") in (None, "") else bool(int(row["flag"]))
-            map_path, map_scale = _stored_map(run_dir, row)
-        except ValueError as err:
-            raise DataError(f"{path}:{lineno}: bad number ({err})") from None
-        overlay = (row.get("overlay") or "").strip()
+        map_path, map_scale = _stored_map(run_dir, row)
+        overlay = row.overlay.strip()
         items.append(ScoredImage(
-            line=line, run_id=run_id, scored_at=scored_at, image=row["image"],
-            image_path=Path(workspace) / row["image"],
+            line=line, run_id=run_id, scored_at=scored_at, image=row.image,
+            image_path=Path(workspace) / row.image,
             overlay_path=run_dir / overlay if overlay else None, map_path=map_path,
-            map_scale=map_scale, score=score, flag=flag, threshold=threshold,
-            model_version=str(row.get("model_version") or ""),
+            map_scale=map_scale, score=row.score, flag=row.flag, threshold=row.threshold,
+            model_version=row.model_version,
         ))
     return items
 
