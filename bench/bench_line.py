@@ -22,7 +22,7 @@ from typing import Any
 from exdd.evaluation.report import HEADLINE_METRICS
 from exdd.pipeline import nightly as pipeline
 from exdd.pipeline.onboarding import add_line, feed_line
-from exdd.line.workspace import line_params_text, template_dir
+from exdd.line.workspace import default_params_text, line_params_text
 
 STEPS = ("validate", "synthesize", "build_banks", "evaluate", "gate", "publish", "score",
          "report")
@@ -53,8 +53,8 @@ def main() -> None:
 
     args.out.mkdir(parents=True)
     params_file = args.out / "params.yaml"
-    source = args.params or template_dir() / "params.yaml"
-    params_file.write_text(line_params_text(source.read_text()))
+    text = args.params.read_text() if args.params else default_params_text()
+    params_file.write_text(line_params_text(text))
     start = time.perf_counter()
     setup = add_line(args.name, args.data, params_file, batches=args.nights)
     figures: dict[str, Any] = {"line_add_s": time.perf_counter() - start,

@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 import yaml
 from pydantic import (
     AfterValidator,
+    BaseModel,
     Field,
     ValidationError,
     field_validator,
@@ -420,10 +421,32 @@ def _sequence(dumper: yaml.SafeDumper, items: list[Any]) -> yaml.Node:
 _ParamsDumper.add_representer(list, _sequence)
 
 
-def params_yaml(params: Params) -> str:
-    """``params`` as params.yaml text, every key written out (``exdd params dump``)."""
-    return yaml.dump(params.model_dump(mode="json"), Dumper=_ParamsDumper, sort_keys=False,
-                     default_flow_style=False)
+def params_yaml(params: Params, described: bool = False) -> str:
+    """``params`` as params.yaml text, every key written out (``exdd params dump``);
+    ``described``: each setting carries its field description as a comment, so a file
+    made from the defaults (a new line workspace's) documents itself."""
+    if not described:
+        return yaml.dump(params.model_dump(mode="json"), Dumper=_ParamsDumper, sort_keys=False,
+                         default_flow_style=False)
+    return "".join(_described(params, params.model_dump(mode="json"), 0))
+
+
+def _described(model: BaseModel, values: dict[str, Any], depth: int) -> list[str]:
+    """The YAML lines of one section, its fields' descriptions as end-of-line comments."""
+    rows, pad = [], "  " * depth
+    for name, field in type(model).model_fields.items():
+        value, note = values[name], " ".join((field.description or "").split())
+        comment = f"  # {note}" if note else ""
+        child = getattr(model, name)
+        if isinstance(child, BaseModel):
+            rows.append(f"{pad}{name}:{comment}\n")
+            rows += _described(child, value, depth + 1)
+            continue
+        text = yaml.dump({name: value}, Dumper=_ParamsDumper, sort_keys=False,
+                         default_flow_style=False).rstrip("\n").splitlines()
+        rows.append(f"{pad}{text[0]}{comment}\n")
+        rows += [f"{pad}{row}\n" for row in text[1:]]
+    return rows
 
 
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:

@@ -18,14 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exdd.config import IntakeConfig, PublishConfig, load_params
+from exdd.config import IntakeConfig, Params, PublishConfig, load_params, params_yaml
 from exdd.data.readers import Sample, load_samples
 from exdd.errors import ConfigError, ExddError
 from exdd.fsutil import write_text_atomic
 from exdd.line.stages import DVC_YAML, dvc_yaml_text, write_dvc_yaml
 
-# The default params live once, at the repository root (dvc.yaml: exdd.line.stages).
-TEMPLATE_FILES = ("params.yaml",)
+# A new workspace's dvc.yaml comes from exdd.line.stages, its params.yaml from the defaults.
 # The platform params' list of lines; a line workspace's own params.yaml leaves it out.
 LINES_KEY = "lines"
 # Used only when git has no identity configured (fresh CI machines, containers).
@@ -52,14 +51,16 @@ GITIGNORE = """\
 """
 
 
-def template_dir() -> Path:
-    """The folder holding the template ``params.yaml`` (this source checkout's root)."""
-    root = Path(__file__).resolve().parents[2]
-    missing = [name for name in TEMPLATE_FILES if not (root / name).is_file()]
-    if missing:
-        raise ConfigError(f"{root}: {', '.join(missing)} not found; exdd must be installed "
-                          "from its source checkout (pip install -e) to create workspaces")
-    return root
+def default_params_text() -> str:
+    """A new line's params.yaml from exdd's own defaults (no file of the source checkout,
+    so a plain ``pip install`` can create workspaces), every setting described."""
+    from exdd import __version__
+
+    header = (f"# A line workspace's params: exdd {__version__}'s defaults, as `exdd params dump"
+              "` prints them,\n# each with what it means. Read by the library and by DVC "
+              "(dvc.yaml params); edit to tune\n# this line, then `dvc repro` or the next "
+              "nightly run rebuilds what depends on it.\n")
+    return header + line_params_text(params_yaml(Params(), described=True))
 
 
 def scrub(text: str) -> str:
@@ -274,9 +275,8 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
     if (ws.root / DVC_YAML).exists():
         raise ConfigError(f"{ws.root}: already holds a dvc.yaml; not overwriting a workspace")
     ws.root.mkdir(parents=True, exist_ok=True)
-    templates = template_dir()
-    params_src = Path(params_file) if params_file else templates / "params.yaml"
-    params = load_params(params_src)
+    text = Path(params_file).read_text() if params_file else default_params_text()
+    params = load_params(params_file) if params_file else Params()
     if not (ws.root / ".git").exists():
         ws.git("init", "-q")
     if not (ws.root / ".dvc").exists():
@@ -284,7 +284,7 @@ def init_workspace(root: str | Path, params_file: str | Path | None = None,
         # no usage reports from unattended nightly runs (DVC would phone home on every command)
         ws.dvc("config", "core.analytics", "false")
     write_dvc_yaml(ws.root)
-    write_text_atomic(ws.root / "params.yaml", line_params_text(params_src.read_text()))
+    write_text_atomic(ws.root / "params.yaml", line_params_text(text))
     ignore = ws.root / ".gitignore"
     existing = ignore.read_text() if ignore.exists() else ""
     if GITIGNORE not in existing:

@@ -29,10 +29,10 @@ from exdd.fsutil import write_text_atomic
 from exdd.storage import is_s3_uri
 from exdd.line.workspace import (
     LINES_KEY,
+    default_params_text,
     drop_into_inbox,
     init_workspace,
     line_params_text,
-    template_dir,
 )
 
 STAGED_DIR = "data/staged"
@@ -56,7 +56,7 @@ def _platform_text(params_file: Path) -> str:
     """The platform params file's text, or exdd's defaults without their lines."""
     if params_file.is_file():
         return params_file.read_text()
-    return line_params_text((template_dir() / "params.yaml").read_text())
+    return default_params_text()
 
 
 def _with_line(text: str, entry: dict[str, Any], source: str) -> str:

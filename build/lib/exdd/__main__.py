@@ -1,0 +1,5 @@
+import sys
+
+from exdd.cli import main
+
+sys.exit(main())

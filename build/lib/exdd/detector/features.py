@@ -1,0 +1,53 @@
+"""Locally aware patch features (PatchCore section 3.1, as ExDD uses them).
+
+Each feature map is averaged over a p x p neighbourhood (so a patch sees its context),
+the deeper map is upsampled to the shallower grid, the two are concatenated and a seeded
+Gaussian random projection brings them to ``projection_dim``. The projection matrix is
+part of the saved model: scoring with another one would compare unrelated spaces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from exdd.detector.backbones import Backbone
+
+
+def random_projection(in_dim: int, out_dim: int, seed: int) -> np.ndarray:
+    """Johnson-Lindenstrauss matrix (in_dim, out_dim), N(0, 1/out_dim) entries."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((in_dim, out_dim)) / np.sqrt(out_dim)).astype(np.float32)
+
+
+class PatchEmbedder:
+    """Backbone + aggregation + projection: images (B,3,H,W) -> patches (B, h, w, D)."""
+
+    def __init__(self, backbone: Backbone, aggregation_kernel: int, projection: np.ndarray,
+                 device: torch.device) -> None:
+        self.backbone = backbone.to(device)
+        self.kernel = aggregation_kernel
+        self.device = device
+        self.projection_matrix = projection  # as given: what a saved model stores
+        self.projection = torch.from_numpy(projection).to(device)
+
+    @property
+    def in_dim(self) -> int:
+        return sum(self.backbone.channels)
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(self.backbone(images.to(self.device)))
+
+    @torch.inference_mode()
+    def aggregate(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The backbone's two maps -> projected patch features (B, h, w, D)."""
+        pad = self.kernel // 2
+        maps = [F.avg_pool2d(m, self.kernel, stride=1, padding=pad, count_include_pad=False)
+                for m in maps]
+        grid = maps[0].shape[-2:]
+        maps = [maps[0]] + [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+                            for m in maps[1:]]
+        feats = torch.cat(maps, dim=1).permute(0, 2, 3, 1)  # B, h, w, C
+        return feats @ self.projection

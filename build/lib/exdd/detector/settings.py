@@ -1,0 +1,237 @@
+"""The detector's settings: typed sections the detector is built from, knowing no file.
+
+``ModelConfig`` groups its settings by what they change: ``features``, ``banks`` and
+``coreset`` shape the fitted banks (changing them needs a refit); ``scoring``, ``search``
+and ``runtime`` only change how a fitted model predicts (``PredictTimeSection``), so a fitted
+model can be compared under other values of them without refitting. The config hub
+(exdd.config) reads these types from params.yaml; the detector never reads a file.
+
+Pure types with no behaviour beyond validation, so they sit at the bottom of the layers
+(tests/test_layers.py) although they belong to the detector.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from exdd.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every settings section: strict keys, validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PredictTimeSection(Section):
+    """A section that only changes how a fitted model predicts (no refit needed)."""
+
+
+# Named input sizes (height, width): ``ksdd2`` is the paper's KolektorSDD2 setting.
+INPUT_PRESETS: dict[str, tuple[int, int]] = {"ksdd2": (632, 224)}
+
+
+class DataConfig(Section):
+    """How images are read: the network input size and the mask threshold.
+
+    With ``image_height`` / ``image_width`` unset (and no ``preset``) the input keeps the
+    training images' median aspect ratio at ``pixel_budget`` pixels (exdd.detector.geometry); the
+    fitted model stores the size it chose.
+    """
+
+    image_height: int | None = Field(None, ge=1, le=4096, description="None: from the data")
+    image_width: int | None = Field(None, ge=1, le=4096, description="None: from the data")
+    preset: str | None = Field(None, description=f"named size: {', '.join(INPUT_PRESETS)}")
+    pixel_budget: int = Field(256 * 256, ge=1024, le=4096 * 4096,
+                              description="input pixels when the size follows the data")
+    mask_threshold: int = Field(127, ge=0, le=254, description="mask pixel > this is defect")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in INPUT_PRESETS:
+            raise ValueError(f"unknown input size preset {v!r}; choose one of "
+                             f"{', '.join(sorted(INPUT_PRESETS))}")
+        return v
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width); only a resolved config (a fitted model's) has one."""
+        if self.image_height is None or self.image_width is None:
+            raise ConfigError("the input size is not resolved yet (it is chosen at fit)")
+        return self.image_height, self.image_width
+
+
+class FeatureSettings(Section):
+    """Backbone and locally aware patch features (exdd.detector.features)."""
+
+    backbone: Literal["efficientnet_lite0", "wide_resnet50_2"] = "efficientnet_lite0"
+    backbone_weights: str | None = Field(
+        None, description="file path of backbone weights; env EXDD_BACKBONE_WEIGHTS overrides"
+    )
+    aggregation_kernel: int = Field(3, ge=1, description="neighbourhood (p x p) average pooling")
+    projection_dim: int = Field(128, ge=8)
+
+
+class BankSettings(Section):
+    """Streaming bank construction and tau (exdd.detector.banks)."""
+
+    stream_chunk_patches: int = Field(
+        1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
+    )
+    mask_dilation: int = Field(8, ge=0, description="dilate defect masks by this many pixels "
+                                                   "(at the input size) before taking M_P cells")
+    tau_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="bank distance scale quantile")
+    calibration_patches: int = Field(20000, ge=100, description="held-out patches used for tau")
+
+
+class CoresetSettings(Section):
+    """Greedy coreset of each bank (exdd.detector.sampler)."""
+
+    normal: float = Field(0.02, gt=0.0, le=1.0, description="share of normal patches M_N keeps")
+    defect: float = Field(0.10, gt=0.0, le=1.0, description="share of defect patches M_P keeps")
+    defect_min: int = Field(
+        2048, ge=1, description="M_P keeps at least this many patches (all, when fewer): a "
+                                "line with few defects keeps every defect patch")
+    projection_dim: int = Field(128, ge=8, description="JL projection used while sampling")
+    chunk_size: int = Field(16384, ge=64, description="rows per distance chunk while sampling")
+    max_groups: int = Field(16, ge=1, description="groups compared per coreset step (speed only)")
+    sketch_dim: int = Field(24, ge=1, description="principal axes of the distance lower bound")
+    sketch_sample: int = Field(20000, ge=100, description="rows used to find those axes")
+
+
+class SearchSettings(PredictTimeSection):
+    """Nearest-neighbour search over the banks (exdd.detector.index)."""
+
+    use_gpu: bool = Field(True, description="faiss on GPU when it has GPU support and CUDA")
+    batch_size: int = Field(65536, ge=1, description="queries per faiss search call")
+    index: Literal["flat", "hnsw"] = Field("flat", description="exact, or approximate graph")
+    hnsw_m: int = Field(16, ge=4, description="HNSW links per node")
+    hnsw_ef: int = Field(16, ge=1, description="HNSW search breadth (recall vs speed)")
+
+
+class ScoringSettings(PredictTimeSection):
+    """Distances -> anomaly maps and image scores (exdd.detector.scoring)."""
+
+    single_bank: bool = Field(False, description="PatchCore: M_N alone (fit builds no M_P)")
+    rule: Literal["reference", "calibrated", "weighted"] = Field(
+        "weighted", description="dual rule (exdd.detector.scoring); reference = the paper's")
+    defect_weight: float = Field(
+        1.0, ge=0.0, le=4.0, description="weighted rule: d_N x (d_N / (d_N + d_P)) ** this; "
+                                         "0 = the normal bank alone")
+    image_score: Literal["max", "top_k", "reweighted"] = Field(
+        "top_k", description="image score from the smoothed map: its max or top-k mean; "
+                             "reweighted = PatchCore's eq. 7 (single_bank only)")
+    knn: int = Field(3, ge=1, description="neighbours for PatchCore reweighting")
+    smoothing_sigma: float = Field(4.0, ge=0.0)
+    top_k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="pooling for image score")
+    ratio_eps: float = Field(1e-6, gt=0.0)
+
+    @model_validator(mode="after")
+    def _pooling_fits_rule(self) -> "ScoringSettings":
+        if self.image_score == "reweighted" and not self.single_bank:
+            raise ValueError("image_score 'reweighted' is PatchCore's single-bank score: set "
+                             "single_bank, or use max / top_k")
+        return self
+
+
+class RuntimeSettings(PredictTimeSection):
+    """Where and in what batches images go through the backbone."""
+
+    batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ModelConfig(Section):
+    """The detector: one seed and a section per concern."""
+
+    seed: int = Field(0, description="projection, coreset start and tau sample")
+    features: FeatureSettings = FeatureSettings()
+    banks: BankSettings = BankSettings()
+    coreset: CoresetSettings = CoresetSettings()
+    search: SearchSettings = SearchSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    def updated(self, **changes: dict[str, Any]) -> ModelConfig:
+        """A validated copy with, per section keyword, those settings of it changed:
+        ``cfg.updated(search={"index": "hnsw"})``."""
+        merged = self.model_dump()
+        for section, values in changes.items():
+            if not isinstance(merged.get(section), dict):
+                raise ConfigError(f"model.{section}: not a section of the model settings")
+            merged[section] = {**merged[section], **values}
+        try:
+            return ModelConfig.model_validate(merged)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise ConfigError(f"model.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+                              ) from None
+
+
+def predict_time_sections() -> tuple[str, ...]:
+    """Names of the ``ModelConfig`` sections a fitted model may predict with other values of."""
+    return tuple(name for name, field in ModelConfig.model_fields.items()
+                 if isinstance(field.annotation, type)
+                 and issubclass(field.annotation, PredictTimeSection))
+
+
+# model.json (format version 1) stores ModelConfig flat, as it was before the sections:
+# its key for every setting, so a model's files and hash do not depend on the grouping.
+FLAT_KEYS: dict[str, tuple[str, ...]] = {
+    "seed": ("seed",),
+    **{name: ("features", name) for name in FeatureSettings.model_fields},
+    **{name: ("banks", name) for name in BankSettings.model_fields},
+    **{f"coreset_{name}": ("coreset", name) for name in CoresetSettings.model_fields},
+    **{f"nn_{name}": ("search", name) for name in SearchSettings.model_fields},
+    **{("scoring" if name == "rule" else name): ("scoring", name)
+       for name in ScoringSettings.model_fields},
+    **{name: ("runtime", name) for name in RuntimeSettings.model_fields},
+}
+
+
+def to_flat(model: ModelConfig) -> dict[str, Any]:
+    """The flat mapping model.json stores (old key -> value)."""
+    nested = model.model_dump()
+    flat = {}
+    for key, path in FLAT_KEYS.items():
+        value: Any = nested
+        for part in path:
+            value = value[part]
+        flat[key] = value
+    return flat
+
+
+def from_flat(flat: dict[str, Any]) -> ModelConfig:
+    """The ``ModelConfig`` of a flat mapping written by ``to_flat``."""
+    unknown = sorted(set(flat) - set(FLAT_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown model settings {', '.join(unknown)}")
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *sections, name = FLAT_KEYS[key]
+        target = nested
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+    return ModelConfig.model_validate(nested)
+
+
+def check_nested(raw: dict[str, Any], source: str) -> None:
+    """A flat (pre-sections) key in a ``model`` mapping is a one-line ConfigError naming its
+    new place: an old params.yaml must not fall back to defaults silently."""
+    for key, value in raw.items():
+        path = FLAT_KEYS.get(key)
+        section = ModelConfig.model_fields.get(key)
+        if path is not None and len(path) > 1 and (section is None or not isinstance(value, dict)):
+            raise ConfigError(f"{source}: model.{key} is now model.{'.'.join(path)} "
+                              "(model settings are grouped in sections)")

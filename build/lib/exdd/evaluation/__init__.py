@@ -1,0 +1,1 @@
+"""Evaluation: detection metrics on arrays, a model evaluated on a split, their curves."""

@@ -1,0 +1,1 @@
+"""A production line: its workspace, intake, registry, gate, publish, rollback and review."""

@@ -1,0 +1,65 @@
+"""Opening a production line: its entry in the platform params file, its workspace, and
+the workspace's own params.
+
+The platform params file (the argument, else ``$EXDD_PARAMS``, else ./params.yaml) lists
+the lines (``lines:``) and the platform-wide settings (access control, serving); each
+line's workspace holds its own params.yaml with the line's detector, gate, publish and
+review settings. The nightly run, the dashboard, the CLI and the server all open a line
+here, so they read the same files the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from exdd.config import PARAMS_ENV, LineConfig, Params, load_params
+from exdd.errors import ConfigError
+from exdd.storage import is_s3_uri
+
+PARAMS_FILE = "params.yaml"  # the platform's default params file, and every workspace's own
+
+
+@dataclass(frozen=True)
+class Line:
+    """One opened line: its entry in the platform params, its workspace folder and the
+    workspace's params (publishing under the line's name)."""
+
+    config: LineConfig
+    workspace: Path
+    params: Params
+
+
+def platform_file(params_file: str | os.PathLike[str] | None = None) -> Path:
+    """The params file listing the lines: the argument, else $EXDD_PARAMS, else ./params.yaml."""
+    return Path(params_file or os.environ.get(PARAMS_ENV) or PARAMS_FILE).resolve()
+
+
+def line_config(platform: Params, name: str) -> LineConfig:
+    """The configured line called ``name``."""
+    for line in platform.lines:
+        if line.name == name:
+            return line
+    known = ", ".join(line.name for line in platform.lines) or "none"
+    raise ConfigError(f"params: no line named {name!r} (configured: {known})")
+
+
+def open_line(params_file: str | os.PathLike[str] | None, name: str) -> Line:
+    """The line ``name`` of the platform params file (see :func:`platform_file`); a
+    workspace without its own params.yaml is an error, never a fall-back to defaults."""
+    source = platform_file(params_file)
+    config = line_config(load_params(source), name)
+    workspace = config.workspace_path(source.parent)
+    own = workspace / PARAMS_FILE
+    if not own.is_file():
+        raise ConfigError(f"{workspace}: line {name!r} has no workspace there (no {PARAMS_FILE}); "
+                          f"create it with `exdd workspace init {workspace}`")
+    params = load_params(own)
+    params.publish.line = config.name
+    return Line(config, workspace, params)
+
+
+def inbox_uri(config: LineConfig, workspace: Path) -> str:
+    """The line's inbox: its ``s3://`` URI as configured, else its folder in the workspace."""
+    return config.inbox if is_s3_uri(config.inbox) else str(workspace / config.inbox)
