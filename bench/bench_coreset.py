@@ -17,6 +17,10 @@ the same projected features from the same start point. It takes minutes at full 
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import json
 import resource

@@ -9,6 +9,10 @@ split N times over to show that peak memory does not grow with the number of ima
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import json
 import resource

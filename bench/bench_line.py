@@ -11,6 +11,10 @@ The platform params are exdd's defaults (``--params`` to start from another file
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import functools
 import json

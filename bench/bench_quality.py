@@ -15,6 +15,10 @@ bench/select_defaults.py's job, on training data only.
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import json
 import subprocess

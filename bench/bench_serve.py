@@ -18,6 +18,10 @@ line in its own process, and in the same run:
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import json
 import os

@@ -15,6 +15,10 @@ per image and builds a bank once per distinct patch set; results are those of ``
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import hashlib
 import json

@@ -8,6 +8,10 @@ on the demo surfaces and, when present, on Magnetic-tile's defect-free training 
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import tempfile
 import time

@@ -18,6 +18,10 @@ anomalib's k-center greedy is one full pass over all train patches per selected 
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import json
 import time

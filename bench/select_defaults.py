@@ -23,6 +23,10 @@ shows whether that protocol carries over: the pick made without data set D, scor
 
 from __future__ import annotations
 
+from exdd import runtime
+
+runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.py)
+
 import argparse
 import json
 import sys

@@ -3,8 +3,8 @@
 validate_inbox → synthesize → build_banks → evaluate → gate → publish → score → report.
 Every task is a thin call of a step function of ``exdd.pipeline.nightly`` (no detector logic
 here); only the steps' typed summaries (``exdd.pipeline.summaries``) travel in XCom, as JSON,
-re-validated by the task that reads them; artifacts stay in the line's git + DVC workspace. A failed intake
-skips training and a failed gate skips publishing (the step is marked *skipped*, the
+re-validated by the task that reads them; artifacts stay in the line's git + DVC workspace.
+A failed intake skips training and a failed gate skips publishing (the step is marked *skipped*, the
 champion stays); scoring with the champion and the report run either way. Tasks that touch
 the workspace's git/DVC state run in the line's pool of size 1 (``exdd_<line>_repo``,
 created at setup: ``airflow pools set exdd_<line>_repo 1 ...``).
@@ -23,6 +23,7 @@ from typing import Any
 from airflow.sdk import DAG, TriggerRule, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from exdd import runtime
 from exdd.config import LineConfig, load_params
 from exdd.pipeline import nightly as pipeline
 from exdd.pipeline.summaries import (
@@ -37,6 +38,7 @@ DAG_PREFIX = "exdd_nightly_"
 def _step(line: str, step: Callable[..., Any], *args: Any) -> dict[str, Any]:
     """Run ``step`` for this task's run and push its summary as JSON (XCom); a skipped
     step skips the task. Summaries from upstream tasks come in re-validated."""
+    runtime.configure()  # the task process is an entry point: before torch or faiss load
     context = get_current_context()
     run = pipeline.open_run(PARAMS_FILE, line, context["run_id"])
     try:

@@ -42,6 +42,9 @@ class ExddModel(mlflow.pyfunc.PythonModel):
     """An ExDD model directory behind MLflow's pyfunc interface."""
 
     def load_context(self, context: Any) -> None:
+        from exdd import runtime
+
+        runtime.configure()  # MLflow's scoring server is an entry point: before torch loads
         from exdd.detector.model import ExDD
 
         self.model = ExDD.load(context.artifacts[MODEL_DIR_ARTIFACT])
