@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS := synth,mlops,dashboard,airflow,serve,test
 
-.PHONY: venv nightly test dashboard bench bench-venv
+.PHONY: venv nightly test test-fast dashboard bench bench-venv
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ nightly: venv
 
 test: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# The unit tests only (tests/unit: the library on arrays and temp files; no workspace,
+# registry, server, DAG or browser): a few minutes instead of the full suite's quarter hour.
+test-fast: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests/unit
 
 dashboard: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/dashboard.sh

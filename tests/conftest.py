@@ -1,6 +1,11 @@
 """Shared fixtures: a small generated demo data set, a real S3 server on loopback
 (see ``s3server.py``).
 
+``tests/unit``: the library on arrays and temporary files; ``tests/e2e``: through real
+line workspaces (git + DVC), MLflow stores, servers, Airflow DAGs and a browser, marked
+``e2e`` here so ``-m "not e2e"`` also selects the fast part. ``make test-fast`` runs the unit
+tests, ``make test`` both.
+
 The test process is an entry point like the ``exdd`` command: it applies exdd's CPU tuning
 (``exdd.runtime``) before any test imports torch.
 """
@@ -18,6 +23,15 @@ runtime.configure()
 from exdd.config import DemoConfig  # noqa: E402 - after the CPU tuning
 from exdd.data.demo import make_demo  # noqa: E402
 from s3server import S3Server, S3ServerError  # noqa: E402
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
+
 
 # Small enough to fit a model in seconds, with defects in both splits.
 SMALL_DEMO = DemoConfig(height=64, width=48, train_normal=10, train_defect=4, test_normal=6,

@@ -1,7 +1,7 @@
 """``exdd params dump``: every setting at its default, as params.yaml text.
 
 The one source of the defaults is ``exdd.config.Params``; the repository's params.yaml is
-this output (plus its ``lines``), which tests/test_config.py checks.
+this output (plus its ``lines``), which tests/unit/test_config.py checks.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ model can be compared under other values of them without refitting. The config h
 (exdd.config) reads these types from params.yaml; the detector never reads a file.
 
 Pure types with no behaviour beyond validation, so they sit at the bottom of the layers
-(tests/test_layers.py) although they belong to the detector.
+(tests/unit/test_layers.py) although they belong to the detector.
 """
 
 from __future__ import annotations

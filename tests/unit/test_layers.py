@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "exdd"
+PACKAGE = Path(__file__).resolve().parents[2] / "exdd"
 # Lowest first. A module belongs to the first entry that is a prefix of its name. The
 # detector's settings types are pure data that the config hub reads: they sit at the base.
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -32,7 +32,7 @@ def layer_of(module: str) -> int:
             return rank
     if module == "exdd":
         return 0
-    raise AssertionError(f"{module}: in no layer of tests/test_layers.py")
+    raise AssertionError(f"{module}: in no layer of tests/unit/test_layers.py")
 
 
 def modules() -> list[tuple[str, Path]]:

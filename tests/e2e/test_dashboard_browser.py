@@ -25,7 +25,7 @@ from exdd.line.lines import line_config
 from exdd.line.review.export import inbox_name
 from exdd.line.review.verdicts import VerdictStore
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 START_TIMEOUT = 120

@@ -25,7 +25,7 @@ from exdd.line.review.masks import mask_from_map
 from exdd.line.review.queue import load_queue
 from exdd.line.review.verdicts import VerdictStore
 
-APP = Path(__file__).parents[1] / "dashboards" / "app.py"
+APP = Path(__file__).parents[2] / "dashboards" / "app.py"
 TIMEOUT = 120
 
 

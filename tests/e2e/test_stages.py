@@ -17,7 +17,7 @@ from exdd.line.stages import (
 )
 from exdd.line.workspace import Workspace, sync_stages
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_shipped_dvc_yaml_is_the_generated_one() -> None:

@@ -10,7 +10,7 @@ from exdd.config import LineConfig, Params, load_params
 from exdd.errors import ConfigError
 from exdd.line.workspace import default_params_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_repository_params_yaml_is_valid_and_matches_defaults_shape() -> None:

@@ -215,7 +215,7 @@ def test_line_add_keeps_the_platform_file_and_refuses_what_it_cannot_make(
     comment stay; a second line of a name, or a data set without test split, changes nothing."""
     manifest, _ = varied_manifest(tmp_path / "held-out")
     params_file = tmp_path / "platform.yaml"
-    shutil.copyfile(Path(__file__).resolve().parents[1] / "params.yaml", params_file)
+    shutil.copyfile(Path(__file__).resolve().parents[2] / "params.yaml", params_file)
     before = params_file.read_text()
     assert main(["line", "add", "press-2", "--from", str(manifest), "--params",
                  str(params_file), "--workspace", str(tmp_path / "elsewhere"),

@@ -1,5 +1,0 @@
-import sys
-
-from exdd.cli import main
-
-sys.exit(main())

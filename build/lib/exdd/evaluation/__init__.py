@@ -1,1 +1,0 @@
-"""Evaluation: detection metrics on arrays, a model evaluated on a split, their curves."""

@@ -1,1 +1,0 @@
-"""Applying a fitted model: batch scoring to a folder, overlays, encoded images from clients."""

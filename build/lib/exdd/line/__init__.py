@@ -1,1 +1,0 @@
-"""A production line: its workspace, intake, registry, gate, publish, rollback and review."""
