@@ -7,12 +7,12 @@ sub-commands start fast.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
+from exdd.cli.common import collect_images, report_unreadable
 from exdd.config import load_params
-from exdd.data.readers import IMAGE_SUFFIXES, load_samples
+from exdd.data.readers import load_samples
 from exdd.errors import DataError
 from exdd.detector.geometry import with_input_size
 
@@ -57,33 +57,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     print("  ".join(f"{k} {figures[k]:.4f}" for k in REPORTED_METRICS)
           + f"  n_test {metrics.n_test}")
     return 0
-
-
-def collect_images(inputs: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
-                           and not f.stem.endswith("_GT"))
-            if not found:
-                raise DataError(f"{p}: folder holds no images")
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise DataError(f"{p}: no such image or folder")
-    return paths
-
-
-def report_unreadable(failed: list) -> int:
-    """List the images a batch could not read, one line each: exit 1 when there were any."""
-    for path, why in failed:
-        print(f"not scored: {path}: {why}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} image(s) could not be read; see the error column of "
-              "scores.csv", file=sys.stderr)
-    return 1 if failed else 0
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from exdd.cli.pipeline import line_arguments, run_stamp
+from exdd.cli.common import line_arguments, run_stamp
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from exdd.cli.pipeline import params_argument
+from exdd.cli.common import params_argument
 
 
 def _add(args: argparse.Namespace) -> int:

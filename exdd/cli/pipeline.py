@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
+from exdd.cli.common import (
+    collect_images, line_arguments, params_argument, report_unreadable, run_stamp,
+)
 from exdd.errors import ConfigError
 
 RUN_PREFIX = {"nightly": "cli", "score-batch": "batch"}
-
-
-def run_stamp() -> str:
-    """Now, as the time part of a generated run id (``<kind>__<stamp>``)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 def _run_id(args: argparse.Namespace) -> str:
@@ -40,7 +37,6 @@ def _nightly(args: argparse.Namespace) -> int:
 
 
 def _score_batch(args: argparse.Namespace) -> int:
-    from exdd.cli.detector import collect_images, report_unreadable
     from exdd.pipeline.nightly import open_run, score_images
 
     run = open_run(args.params, args.line, _run_id(args))
@@ -107,19 +103,6 @@ def _drop_demo(args: argparse.Namespace) -> int:
         inbox = drop_into_inbox(night, run.path(run.line.inbox), run.params.intake)
     print(f"{len(night)} new demo image(s) (seed {args.seed}) dropped into {inbox}")
     return 0
-
-
-def params_argument(parser: argparse.ArgumentParser) -> None:
-    """``--params FILE``: the platform params file, the one listing the lines."""
-    parser.add_argument("--params", type=Path,
-                        help="params file listing the lines (default: $EXDD_PARAMS, else "
-                             "./params.yaml)")
-
-
-def line_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--line NAME`` and ``--params FILE``."""
-    parser.add_argument("--line", required=True, help="line name (params `lines:`)")
-    params_argument(parser)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING
 
 from exdd.config import LineConfig, Params
 from exdd.errors import ConfigError, DataError
-from exdd.fsutil import write_text_atomic
 from exdd.line.lines import open_line
 from exdd.evaluation.report import HEADLINE_METRICS
 from exdd.line.outcome import GateOutcome, Outcome

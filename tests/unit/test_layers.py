@@ -100,3 +100,14 @@ def test_no_import_cycles() -> None:
                     seen.add(nxt)
                     stack.append((nxt, trail + (nxt,)))
     assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles))[:20])
+
+
+def test_command_modules_share_only_cli_common() -> None:
+    """A sub-command module imports no other sub-command module: what they share is in
+    ``exdd.cli.common``."""
+    commands = [(name, path) for name, path in modules()
+                if name.startswith("exdd.cli.") and name != "exdd.cli.common"]
+    for name, path in commands:
+        others = sorted(m for m in imported(path, name) if m.startswith("exdd.cli.")
+                        and m not in ("exdd.cli.common", name))
+        assert not others, f"{name} imports other command modules: {others}"
