@@ -68,8 +68,10 @@ def _predict(args: argparse.Namespace) -> int:
     paths = collect_images(args.inputs)
     with tempfile.TemporaryDirectory(prefix="exdd-predict-") as tmp:
         if is_models_uri(args.model):
+            from exdd.line.lines import workspace_params
+
             repo = Path(args.repo).resolve()
-            params = load_params(args.params or repo / "params.yaml")  # none: error, no defaults
+            params = workspace_params(repo, args.params)
             loaded = load_models_uri(args.model, params, repo, Path(tmp))
             model_dir, version = loaded.model_dir, str(loaded.version)
             threshold, digest = loaded.threshold, loaded.model_hash

@@ -13,8 +13,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from exdd.config import Params, load_params
+from exdd.config import Params
 from exdd.errors import ConfigError
+from exdd.line.lines import workspace_params
 
 WIDE = 160  # table width when stdout is not a terminal
 
@@ -23,7 +24,7 @@ def _context(args: argparse.Namespace) -> tuple[Params, Path]:
     repo = Path(args.repo).resolve()
     if not repo.is_dir():
         raise ConfigError(f"{repo}: no such line workspace (--repo)")
-    params = load_params(args.params or repo / "params.yaml")  # none there: an error, no defaults
+    params = workspace_params(repo, args.params)
     if args.line:
         params.publish.line = args.line
     return params, repo

@@ -51,13 +51,23 @@ def open_line(params_file: str | os.PathLike[str] | None, name: str) -> Line:
     source = platform_file(params_file)
     config = line_config(load_params(source), name)
     workspace = config.workspace_path(source.parent)
-    own = workspace / PARAMS_FILE
-    if not own.is_file():
-        raise ConfigError(f"{workspace}: line {name!r} has no workspace there (no {PARAMS_FILE}); "
-                          f"create it with `exdd workspace init {workspace}`")
-    params = load_params(own)
+    params = workspace_params(workspace, line=name)
     params.publish.line = config.name
     return Line(config, workspace, params)
+
+
+def workspace_params(workspace: Path, params_file: str | os.PathLike[str] | None = None,
+                     line: str | None = None) -> Params:
+    """A workspace's own params (``params_file`` instead, when given). A folder without a
+    params.yaml is not a line workspace: an error naming it, never exdd's defaults."""
+    if params_file:
+        return load_params(params_file)
+    own = Path(workspace) / PARAMS_FILE
+    if not own.is_file():
+        whose = f"line {line!r} has no workspace there" if line else "not a line workspace"
+        raise ConfigError(f"{workspace}: {whose} (no {PARAMS_FILE}); create it with "
+                          f"`exdd workspace init {workspace}`")
+    return load_params(own)
 
 
 def inbox_uri(config: LineConfig, workspace: Path) -> str:

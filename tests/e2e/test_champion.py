@@ -203,11 +203,16 @@ def test_models_needs_a_workspace_and_creates_nothing(
     assert not (tmp_path / "no").exists()
     empty = tmp_path / "empty"
     empty.mkdir()
+    code, out, err = _cli(capsys, "models", "--repo", str(empty))  # no params: not defaults
+    assert code == 2 and f"{empty}: not a line workspace (no params.yaml)" in err and not out
+    assert list(empty.iterdir()) == []
+    (empty / "params.yaml").write_text("{}\n")  # a workspace at exdd's defaults, no registry
     code, out, _ = _cli(capsys, "models", "--repo", str(empty))
     assert code == 0 and "no model registered for line demo yet" in out
-    assert list(empty.iterdir()) == []
+    assert [p.name for p in empty.iterdir()] == ["params.yaml"]
     image = tmp_path / "part.png"
     Image.fromarray(np.full((32, 32), 128, np.uint8)).save(image)
     code, _, err = _cli(capsys, "predict", "--model", "models:/exdd-demo@champion", "--repo",
                         str(empty), "--out", str(tmp_path / "p"), str(image))
-    assert code == 2 and "no model registry in" in err and list(empty.iterdir()) == []
+    assert code == 2 and "no model registry in" in err
+    assert [p.name for p in empty.iterdir()] == ["params.yaml"]
