@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import get_args
+
+from pydantic import BaseModel
 
 from exdd.cli.common import collect_images, report_unreadable
 from exdd.config import load_params
+from exdd.detector.settings import FeatureSettings, ScoringSettings
 from exdd.data.readers import load_samples
 from exdd.errors import DataError
 from exdd.detector.geometry import with_input_size
@@ -90,14 +94,20 @@ def _predict(args: argparse.Namespace) -> int:
     return report_unreadable(done.failed)
 
 
+def choices(section: type[BaseModel], field: str) -> list[str]:
+    """A setting's allowed values, from its type: the flag and params.yaml accept the same."""
+    return list(get_args(section.model_fields[field].annotation))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add fit, evaluate and predict."""
     fit = sub.add_parser("fit", help="build the memory banks from a data set's train split")
     fit.add_argument("--data", required=True, help="KSDD2-layout folder or manifest CSV")
     fit.add_argument("--out", required=True, help="model directory to write")
-    fit.add_argument("--backbone", choices=["efficientnet_lite0", "wide_resnet50_2"])
+    fit.add_argument("--backbone", choices=choices(FeatureSettings, "backbone"))
     fit.add_argument("--single-bank", action="store_true", help="PatchCore: no defect bank")
-    fit.add_argument("--scoring", choices=["reference", "calibrated"])
+    fit.add_argument("--scoring", choices=choices(ScoringSettings, "rule"),
+                     help="pixel scoring rule (default: model.scoring.rule)")
     fit.add_argument("--input-size", metavar="HxW|PRESET",
                      help="network input size, e.g. 632x224 or ksdd2 (default: the training "
                           "images' aspect at data.pixel_budget pixels)")
