@@ -39,6 +39,7 @@ from exdd.detector.settings import (  # noqa: F401  (INPUT_PRESETS: re-exported)
 from exdd.errors import ConfigError
 
 PARAMS_ENV = "EXDD_PARAMS"
+PARAMS_FILE = "params.yaml"  # the default params file, and every line workspace's own
 WORKSPACE_MARKER = "dvc.yaml"  # a folder holding it is a line workspace, with its own params
 
 
@@ -449,22 +450,23 @@ def _described(model: BaseModel, values: dict[str, Any], depth: int) -> list[str
     return rows
 
 
+def params_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """Which params file is meant: the argument, else $EXDD_PARAMS, else ./params.yaml."""
+    return Path(path or os.environ.get(PARAMS_ENV) or PARAMS_FILE)
+
+
 def load_params(path: str | os.PathLike[str] | None = None) -> Params:
     """Load params.yaml (argument, else $EXDD_PARAMS, else ./params.yaml, else defaults).
 
     The defaults only outside a line workspace: a folder with a dvc.yaml but no params.yaml
     is a broken workspace, and fitting it with defaults would hide that.
     """
-    candidate = path or os.environ.get(PARAMS_ENV)
-    if candidate is None:
-        default = Path("params.yaml")
-        if not default.exists():
-            if Path(WORKSPACE_MARKER).exists():
-                raise ConfigError(f"{default.resolve()}: not found beside {WORKSPACE_MARKER} "
-                                  "(a line workspace); restore it or give --params FILE")
-            return Params()
-        candidate = default
-    p = Path(candidate)
+    p = params_file(path)
+    if not path and not os.environ.get(PARAMS_ENV) and not p.exists():
+        if Path(WORKSPACE_MARKER).exists():
+            raise ConfigError(f"{p.resolve()}: not found beside {WORKSPACE_MARKER} "
+                              "(a line workspace); restore it or give --params FILE")
+        return Params()
     if not p.is_file():
         raise ConfigError(f"{p}: params file not found")
     try:

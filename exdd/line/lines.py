@@ -14,11 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from exdd.config import PARAMS_ENV, LineConfig, Params, load_params
+from exdd.config import PARAMS_FILE, LineConfig, Params, load_params, params_file
 from exdd.errors import ConfigError
 from exdd.storage import is_s3_uri
 
-PARAMS_FILE = "params.yaml"  # the platform's default params file, and every workspace's own
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,9 @@ class Line:
     params: Params
 
 
-def platform_file(params_file: str | os.PathLike[str] | None = None) -> Path:
+def platform_file(source: str | os.PathLike[str] | None = None) -> Path:
     """The params file listing the lines: the argument, else $EXDD_PARAMS, else ./params.yaml."""
-    return Path(params_file or os.environ.get(PARAMS_ENV) or PARAMS_FILE).resolve()
+    return params_file(source).resolve()
 
 
 def line_config(platform: Params, name: str) -> LineConfig:
@@ -56,12 +55,13 @@ def open_line(params_file: str | os.PathLike[str] | None, name: str) -> Line:
     return Line(config, workspace, params)
 
 
-def workspace_params(workspace: Path, params_file: str | os.PathLike[str] | None = None,
+def workspace_params(workspace: Path, given: str | os.PathLike[str] | None = None,
                      line: str | None = None) -> Params:
-    """A workspace's own params (``params_file`` instead, when given). A folder without a
-    params.yaml is not a line workspace: an error naming it, never exdd's defaults."""
-    if params_file:
-        return load_params(params_file)
+    """A workspace's own params (``given``, a file named on the command line, instead). A
+    folder without a params.yaml is not a line workspace: an error naming it, never
+    exdd's defaults."""
+    if given:
+        return load_params(given)
     own = Path(workspace) / PARAMS_FILE
     if not own.is_file():
         whose = f"line {line!r} has no workspace there" if line else "not a line workspace"
