@@ -76,8 +76,3 @@ class Outcome(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as err:
             raise DataError.invalid(source, "a run outcome", err) from None
-
-    @classmethod
-    def read(cls, path: Path) -> Outcome:
-        """An outcome file."""
-        return cls.from_json(json.loads(Path(path).read_text()), path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from exdd.config import ReviewConfig
 from exdd.errors import DataError
 from exdd.inference.scores import SCORES_FILE, ScoreRow, read_score_rows
+from exdd.line.outcome import Outcome
 from exdd.line.review.verdicts import VERDICTS
 
 UNREVIEWED = "unreviewed"
@@ -44,7 +45,7 @@ class ScoredImage:
 
 def read_outcome(workspace: Path, cfg: ReviewConfig, run_id: str) -> dict | None:
     """The nightly run's outcome JSON, or None when that run wrote none."""
-    path = Path(workspace) / cfg.outcomes_dir / f"{run_id}.json"
+    path = Outcome.path(Path(workspace) / cfg.outcomes_dir, run_id)
     if not path.is_file():
         return None
     try:
