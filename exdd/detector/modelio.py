@@ -30,7 +30,8 @@ ARRAYS = ("projection", "bank_normal", "bank_defect")
 CONTENT_FILES = (META,) + tuple(f"{a}.npy" for a in ARRAYS)
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as ``.npy`` file content (no pickles: safe to load from any source)."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
@@ -57,7 +58,7 @@ def save_model(state: FittedState, directory: str | Path) -> str:
     with atomic_dir(directory) as staging:
         (staging / META).write_text(_canonical(meta))
         for name in ARRAYS:
-            (staging / f"{name}.npy").write_bytes(_npy_bytes(getattr(state, name)))
+            (staging / f"{name}.npy").write_bytes(npy_bytes(getattr(state, name)))
         sums = {name: sha256_file(staging / name) for name in CONTENT_FILES}
         (staging / CHECKSUMS).write_text(_canonical(sums))
     return model_hash(directory)

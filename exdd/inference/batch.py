@@ -10,7 +10,6 @@ scale) are what a defect mask is cut from, with the batch's colour scale recorde
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from exdd.detector.modelio import npy_bytes
 from exdd.errors import DataError
 from exdd.fsutil import atomic_dir, write_bytes_atomic
 from exdd.inference.scores import SCORES_FILE, ScoreRow, scores_text
@@ -57,9 +57,7 @@ def split_readable(images: list[Path]) -> tuple[list[Path], list[tuple[Path, str
 
 def save_map(path: Path, anomaly_map: np.ndarray) -> None:
     """One anomaly map as a float16 ``.npy`` file, atomically."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(anomaly_map, dtype=MAP_DTYPE), allow_pickle=False)
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, npy_bytes(np.asarray(anomaly_map, dtype=MAP_DTYPE)))
 
 
 def read_map(path: Path) -> np.ndarray:
