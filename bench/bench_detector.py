@@ -30,6 +30,13 @@ from exdd.detector.geometry import with_input_size
 from exdd.detector.model import ExDD
 
 KEYS = REPORTED_METRICS
+ONE_RULE = {r: {"rule": r, "image_rule": "same"} for r in ("reference", "calibrated")}
+
+
+def rule_name(model: ExDD) -> str:
+    """The fitted model's rules: the map's, and the image score's where it differs."""
+    rule = model.model.scoring
+    return rule.rule if rule.image_rule == "same" else f"{rule.rule}+image_{rule.image_rule}"
 
 
 def preload(model: ExDD, paths: list[Path]) -> torch.Tensor:
@@ -89,9 +96,9 @@ def main() -> None:
     results = {}
     throughput: dict[str, dict[str, float]] = {}
     for name, changes in (("patchcore_single_bank", {"scoring": {"single_bank": True}}),
-                          ("dual_reference", {"scoring": {"rule": "reference"}}),
-                          ("dual_calibrated", {"scoring": {"rule": "calibrated"}}),
-                          (f"dual_default_{model_cfg.scoring.rule}", {}),
+                          ("dual_reference", {"scoring": ONE_RULE["reference"]}),
+                          ("dual_calibrated", {"scoring": ONE_RULE["calibrated"]}),
+                          (f"dual_default_{rule_name(model)}", {}),
                           ("dual_default_hnsw", {"search": {"index": "hnsw"}})):
         m = model.with_predict_settings(**changes)
         m.predict(paths[: model_cfg.runtime.batch_size])  # builds the search indexes

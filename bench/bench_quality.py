@@ -21,6 +21,7 @@ runtime.configure()  # an entry point: before torch or faiss load (exdd/runtime.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,10 +36,15 @@ from exdd.data.synth import synthesize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import variants  # noqa: E402
+from bench_detector import ONE_RULE, rule_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap")
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_anomalib.py"
+# anomalib's k-center greedy allocates a (patches x 301) temporary per selected patch; with
+# glibc's adaptive mmap threshold those blocks stay in the heap and the peer grew past 20 GB
+# on 204k patches (OOM-killed). A fixed 1 MiB threshold returns each block on free (1.6 GB).
+PEER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 def peer(python: str, manifest: Path, size: tuple[int, int], coreset: float) -> dict[str, float]:
@@ -47,7 +53,8 @@ def peer(python: str, manifest: Path, size: tuple[int, int], coreset: float) -> 
         out = Path(tmp) / "peer.json"
         subprocess.run([python, str(PEER_SCRIPT), "--data", str(manifest), "--height",
                         str(size[0]), "--width", str(size[1]), "--coreset", str(coreset),
-                        "--json", str(out)], check=True, cwd=ROOT)
+                        "--json", str(out)], check=True, cwd=ROOT,
+                       env={**os.environ, **PEER_ENV})
         return json.loads(out.read_text())["runs"][str(coreset)]
 
 
@@ -90,9 +97,9 @@ def main() -> None:
             rows.append(row(f"anomalib PatchCore ({args.peer_coreset:g} coreset)",
                             peer(args.peer_python, manifest, (h, w), args.peer_coreset)))
         rows.append(row("dual, reference (paper)",
-                        evaluate(model.with_predict_settings(scoring={"rule": "reference"}),
+                        evaluate(model.with_predict_settings(scoring=ONE_RULE["reference"]),
                                  test)))
-        rows.append(row(f"dual, default ({params.model.scoring.rule})", evaluate(model, test)))
+        rows.append(row(f"dual, default ({rule_name(model)})", evaluate(model, test)))
         if args.synthetic_only:
             with tempfile.TemporaryDirectory() as tmp:
                 synthetic = load_samples(synthesize(
@@ -103,7 +110,8 @@ def main() -> None:
                 rows.append(row("single-bank, normals only",
                                 evaluate(synth_model.with_predict_settings(
                                     scoring={"single_bank": True}), test)))
-                rows.append(row("default, synthetic-only M_P", evaluate(synth_model, test)))
+                rows.append(row(f"default, synthetic-only M_P ({rule_name(synth_model)})",
+                                evaluate(synth_model, test)))
         table[name] = rows
 
     print(f"\n| data set | rule | {' | '.join(KEYS)} |")

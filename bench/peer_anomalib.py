@@ -1,7 +1,7 @@
 """Peer benchmark: anomalib 2.7.0's PatchCore on exactly exdd's backbone features and input size.
 
     make bench-venv
-    .bench-venv/bin/python bench/peer_anomalib.py --data ../shared/data/mvtec3d-tire --json a.json
+    MALLOC_MMAP_THRESHOLD_=1048576 .bench-venv/bin/python bench/peer_anomalib.py --data ../shared/data/mvtec3d-tire --json a.json
 
 Runs only in the benchmark venv (bench/requirements-peers.txt; anomalib is never a
 dependency of exdd). anomalib's ``PatchcoreModel`` keeps everything of its own (3x3

@@ -2,8 +2,8 @@
 
 A default tuned on one data set does not carry over, so the quality and selection
 benchmarks run on every shared set and on variants that stress what real lines do
-differently: few labelled defects (10 or 35 defective training images), tall and wide
-parts (crops at aspect 2.5 : 1), besides the shared sets' own varied sizes (magnetic-tile)
+differently: few labelled defects (10 or 35 defective training images), few normal images
+(200), tall and wide parts (crops at aspect 2.5 : 1), besides the shared sets' own varied sizes (magnetic-tile)
 and tiny defects (mvtec3d-tire). Variants are manifests (and, for crops, new image files)
 written under a cache folder outside the repository; the test images of a subsampled
 variant are the original test split, untouched.
@@ -39,13 +39,17 @@ def _write_manifest(path: Path, samples: list[Sample]) -> Path:
     return path
 
 
-def few_defects(samples: list[Sample], n: int) -> list[Sample]:
-    """Keep ``n`` seeded defective training images; everything else as it is."""
-    train_defects = [i for i, s in enumerate(samples) if s.split == "train" and s.label == 1]
-    keep = set(np.random.default_rng(SEED).choice(train_defects, min(n, len(train_defects)),
+def few_train(samples: list[Sample], label: int, n: int) -> list[Sample]:
+    """Keep ``n`` seeded training images of class ``label``; everything else as it is.
+
+    Few defects (label 1) is a line that has labelled little yet; few normals (label 0) is a
+    new line's first days, and a train split small enough for the peer's coreset on 2 cores.
+    """
+    pool = [i for i, s in enumerate(samples) if s.split == "train" and s.label == label]
+    keep = set(np.random.default_rng(SEED).choice(pool, min(n, len(pool)),
                                                   replace=False).tolist())
     return [s for i, s in enumerate(samples)
-            if not (s.split == "train" and s.label == 1) or i in keep]
+            if not (s.split == "train" and s.label == label) or i in keep]
 
 
 def _crop_box(size: tuple[int, int], mask: np.ndarray | None, tall: bool) -> tuple[int, ...]:
@@ -97,8 +101,9 @@ def build(name: str, cache: Path) -> Path:
         return manifest
     samples = load_samples(SOURCES[base])
     makers: dict[str, Callable[[], list[Sample]]] = {
-        "def10": lambda: few_defects(samples, 10),
-        "def35": lambda: few_defects(samples, 35),
+        "def10": lambda: few_train(samples, 1, 10),
+        "def35": lambda: few_train(samples, 1, 35),
+        "norm200": lambda: few_train(samples, 0, 200),
         "tall": lambda: cropped(samples, manifest.parent, tall=True),
         "wide": lambda: cropped(samples, manifest.parent, tall=False),
     }

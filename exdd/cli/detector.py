@@ -40,6 +40,14 @@ def _fit(args: argparse.Namespace) -> int:
     h, w = model.data.input_size
     print(f"model {digest[:12]} written to {args.out}: input {h}x{w}, "
           f"M_N {len(model.bank_normal_)} patches, M_P {len(model.bank_defect_)} patches")
+    chosen = model.state.selection
+    if chosen is not None:
+        rule = model.model.scoring
+        how = ("no real defects to validate on" if chosen.get("fallback") else
+               "on {normal} normal and {defect} defect training images held out".format(
+                   **chosen["held_out"]))
+        print(f"scoring chosen {how}: map {rule.rule}, image score "
+              f"{rule.rule if rule.image_rule == 'same' else rule.image_rule}")
     return 0
 
 

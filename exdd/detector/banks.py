@@ -40,6 +40,8 @@ class BankBuilder:
     """Accumulates (n, ``dim``) patch features; ``finish`` returns (bank, tau).
 
     ``fraction`` and ``min_keep`` size the coreset, ``search`` the index that measures tau.
+    Patches may come with an owner each (the index of their image): ``owners`` then says
+    whose every bank member is, so a bank without some images' members can be cut from it.
     """
 
     fraction: float
@@ -55,24 +57,30 @@ class BankBuilder:
         self.chunk_patches = self.banks.stream_chunk_patches
         self.calibration_patches = self.banks.calibration_patches
         self._buffer = np.empty((0, self.dim), np.float32)
+        self._owner_buffer = np.empty(0, np.int64)
         self._filled = 0
         self._selected: list[np.ndarray] = []
+        self._selected_owners: list[np.ndarray] = []
         self._probes: list[np.ndarray] = []
         self._rng = np.random.default_rng(self.seed)
         self.seen = 0
 
-    def add(self, feats: np.ndarray) -> None:
-        """Append (n, dim) features, reducing the buffer whenever it fills up."""
+    def add(self, feats: np.ndarray, owners: np.ndarray | None = None) -> None:
+        """Append (n, dim) features (with ``owners``: (n,) image indices), reducing the
+        buffer whenever it fills up."""
         feats = feats.reshape(-1, self.dim)
+        owners = np.full(len(feats), -1, np.int64) if owners is None else owners
         while len(feats):
             if len(self._buffer) == 0:
                 self._buffer = np.empty((self.chunk_patches, self.dim), np.float32)
+                self._owner_buffer = np.empty(self.chunk_patches, np.int64)
             room = self.chunk_patches - self._filled
             take = feats[:room]
             self._buffer[self._filled:self._filled + len(take)] = take
+            self._owner_buffer[self._filled:self._filled + len(take)] = owners[:room]
             self._filled += len(take)
             self.seen += len(take)
-            feats = feats[room:]
+            feats, owners = feats[room:], owners[room:]
             if self._filled == self.chunk_patches:
                 self._reduce()
 
@@ -83,12 +91,18 @@ class BankBuilder:
                                       min_keep=self.min_keep).select(chunk)
         self.timings["coreset"] += time.perf_counter() - start
         self._selected.append(chunk[chosen].copy())
+        self._selected_owners.append(self._owner_buffer[chosen].copy())
         left_out = np.setdiff1d(np.arange(len(chunk)), chosen)
         if len(left_out):
             keep = self._rng.choice(left_out, min(len(left_out), self.calibration_patches),
                                     replace=False)
             self._probes.append(chunk[np.sort(keep)].copy())
         self._filled = 0
+
+    @property
+    def owners(self) -> np.ndarray:
+        """Per bank member (in ``finish``'s order), the owner its patch was added with."""
+        return np.concatenate(self._selected_owners) if self._selected_owners else np.empty(0)
 
     def finish(self) -> tuple[np.ndarray, float]:
         if self._filled:

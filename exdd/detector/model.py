@@ -27,6 +27,7 @@ from exdd.detector.index import NearestNeighbourIndex
 from exdd.detector.modelio import load_model, save_model
 from exdd.detector.prefetch import ordered_map, prefetched
 from exdd.detector.scoring import Bank, MapUpsampler, Scorer
+from exdd.detector.selection import choose, plan
 from exdd.detector.settings import DataConfig, ModelConfig, predict_time_sections
 from exdd.detector.state import FittedState
 from exdd.errors import DataError, ModelError
@@ -157,11 +158,14 @@ class ExDD:
                              ahead=DECODE_AHEAD_BATCHES * self.model.runtime.batch_size)
         return self._embed(images, len(paths), desc)
 
+    def _mask(self, sample: Sample) -> np.ndarray:
+        """A defect image's mask at the input size, (H, W) bool."""
+        h, w = self.data.input_size
+        return read_mask(sample.mask, h, w, self.data.mask_threshold, image_path=sample.image)
+
     def _defect_cells(self, sample: Sample, grid: tuple[int, int]) -> np.ndarray:
         """Which grid cells of an image lie under its (dilated) defect mask."""
-        h, w = self.data.input_size
-        mask = read_mask(sample.mask, h, w, self.data.mask_threshold, image_path=sample.image)
-        return defect_cells(mask[None], grid, self.model.banks.mask_dilation)[0]
+        return defect_cells(self._mask(sample)[None], grid, self.model.banks.mask_dilation)[0]
 
     # ---------------------------------------------------------------- fit
     def bank_builder(self, fraction: float, min_keep: int = 1) -> BankBuilder:
@@ -171,9 +175,11 @@ class ExDD:
                            m.search, min_keep)
 
     def fit(self, train: Sequence[Sample], synthetic: Sequence[Sample] = ()) -> "ExDD":
-        """Build M_N from normal images and M_P from patches under defect masks."""
+        """Build M_N from normal images and M_P from patches under defect masks; with
+        ``scoring.rule: auto``, choose the scoring rules on held-out training images."""
         normals = [s for s in train if s.label == 0]
-        defects = [s for s in train if s.label == 1 and s.mask is not None] + list(synthetic)
+        real = [s for s in train if s.label == 1 and s.mask is not None]
+        defects = real + list(synthetic)
         single_bank = self.model.scoring.single_bank
         if not normals:
             raise DataError("no defect-free training images: M_N cannot be built")
@@ -183,38 +189,83 @@ class ExDD:
         self.data = resolve_input_size(self.data, [s.image for s in train], backbone.stride,
                                        backbone.min_size, backbone.name)
         grid = self._grid()
-        timings = {"features": 0.0, "coreset": 0.0, "indexing": 0.0}
-        coreset = self.model.coreset
+        timings = {"features": 0.0, "coreset": 0.0, "indexing": 0.0, "selection": 0.0}
+        coreset, auto = self.model.coreset, self.model.scoring.rule == "auto"
+        held = (plan(len(normals), len(real), self.model.selection, self.model.seed)
+                if auto and not single_bank else None)
+        out = set() if held is None else set(held.normal.tolist())
         normal = self.bank_builder(coreset.normal)
         clock = time.perf_counter()
+        held_normals: list[np.ndarray] = []
+        first = 0
         for batch in self.patch_features([s.image for s in normals], "normal"):
-            normal.add(batch)
+            ids = np.arange(first, first + len(batch))
+            first += len(batch)
+            normal.add(batch, np.repeat(ids, batch.shape[1] * batch.shape[2]))
+            held_normals.extend(f.copy() for i, f in zip(ids, batch) if i in out)
         bank_normal, tau_normal = normal.finish()
+        if held is not None:  # M_N' = M_N less the held-out images' members
+            normal_index = NearestNeighbourIndex(self.model.search).fit(
+                bank_normal[~np.isin(normal.owners, held.normal)])
+        choice = None
         if single_bank:
             bank_defect = np.zeros((0, self.model.features.projection_dim), np.float32)
             tau_defect = 1.0
             builders = [normal]
         else:
             defect = self.bank_builder(coreset.defect, coreset.defect_min)
-            for sample, feats in zip(defects, self._iter_images(defects, "defect")):
-                defect.add(feats[self._defect_cells(sample, grid)])
+            per_image: list[np.ndarray] = []
+            scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            for i, (sample, feats) in enumerate(zip(defects, self._iter_images(defects, "defect"))):
+                patches = feats[self._defect_cells(sample, grid)]
+                defect.add(patches)
+                if held is not None:
+                    per_image.append(patches)
+                    if i < len(real) and held.scored[i]:
+                        scored[i] = (feats, self._mask(sample))
             if defect.seen == 0:
                 raise DataError("defect masks cover no patch: M_P would be empty")
             bank_defect, tau_defect = defect.finish()
             builders = [normal, defect]
+            if held is not None:
+                start = time.perf_counter()
+                choice = choose(held, normal_index, np.stack(held_normals), per_image[:len(real)],
+                                per_image[len(real):], scored, self._defect_bank,
+                                MapUpsampler(grid, self.data.input_size,
+                                             self.model.scoring.smoothing_sigma),
+                                self.model.scoring, self.model.selection)
+                timings["selection"] = time.perf_counter() - start
+        if auto:
+            sel = self.model.selection
+            rule, image = ((sel.fallback, sel.fallback_image) if choice is None
+                           else (choice.rule, choice.image_rule))
+            self.model = self.model.updated(scoring={
+                "rule": rule, "image_rule": "same" if image == rule else image})
         for b in builders:
             for key, seconds in b.timings.items():
                 timings[key] += seconds
-        timings["features"] = time.perf_counter() - clock - timings["coreset"] - timings["indexing"]
+        timings["features"] = (time.perf_counter() - clock - timings["coreset"]
+                               - timings["indexing"] - timings["selection"])
         self.fit_timings_ = timings
         self.state = FittedState(
             model=self.model, data=self.data, projection=self.embedder.projection_matrix,
             bank_normal=bank_normal, bank_defect=bank_defect, grid=grid,
             tau_normal=tau_normal, tau_defect=tau_defect,
             data_hashes={"normal": data_fingerprint(normals),
-                         "defect": data_fingerprint(defects) if defects else ""})
+                         "defect": data_fingerprint(defects) if defects else ""},
+            selection=None if not auto or single_bank else (
+                {"rule": self.model.scoring.rule, "image_rule": self.model.scoring.image_rule,
+                 "fallback": True} if choice is None
+                else choice.report()))
         self._scorer = None
         return self
+
+    def _defect_bank(self, patches: np.ndarray) -> tuple[NearestNeighbourIndex, float]:
+        """An M_P' sized as the final M_P, with its search index: for validation folds."""
+        builder = self.bank_builder(self.model.coreset.defect, self.model.coreset.defect_min)
+        builder.add(patches)
+        bank, tau = builder.finish()
+        return NearestNeighbourIndex(self.model.search).fit(bank), tau
 
     def _iter_images(self, samples: Sequence[Sample], desc: str) -> Iterator[np.ndarray]:
         for batch in self.patch_features([s.image for s in samples], desc):
@@ -254,6 +305,9 @@ class ExDD:
                              f"refit; predict-time sections: {', '.join(allowed)})")
         state = self._fitted()
         model = self.model.updated(**changes)
+        if model.scoring.rule == "auto":
+            raise ModelError("scoring.rule 'auto' is chosen at fit: a fitted model predicts "
+                             "with a concrete rule (weighted, boosted, calibrated, reference)")
         other = ExDD.from_state(replace(state, model=model))
         if model.runtime.device == self.model.runtime.device:
             other._embedder = self._embedder

@@ -54,6 +54,7 @@ def save_model(state: FittedState, directory: str | Path) -> str:
         "tau_defect": state.tau_defect,
         "bank_sizes": {"normal": len(state.bank_normal), "defect": len(state.bank_defect)},
         "data_hashes": state.data_hashes,
+        **({} if state.selection is None else {"selection": state.selection}),
     }
     with atomic_dir(directory) as staging:
         (staging / META).write_text(_canonical(meta))
@@ -107,7 +108,8 @@ def load_model(directory: str | Path) -> FittedState:
     return FittedState(
         model=model, data=DataConfig(**meta["data"]), grid=tuple(meta["grid"]),
         tau_normal=float(meta["tau_normal"]), tau_defect=float(meta["tau_defect"]),
-        data_hashes=dict(meta["data_hashes"]), exdd_version=meta["exdd_version"], **arrays)
+        data_hashes=dict(meta["data_hashes"]), selection=meta.get("selection"),
+        exdd_version=meta["exdd_version"], **arrays)
 
 
 def write_annotation(directory: str | Path, name: str, payload: dict[str, Any]) -> Path:

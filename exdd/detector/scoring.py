@@ -1,6 +1,6 @@
 """Turning patch distances to the two memory banks into anomaly maps and image scores.
 
-Three rules, chosen by ``model.scoring.rule``:
+The rules, chosen by ``model.scoring.rule`` (``normal`` is d_N alone, PatchCore's map):
 
 ``reference``
     ExDD as written: per bank, PatchCore's neighbourhood reweighting of the decisive patch
@@ -18,15 +18,23 @@ Three rules, chosen by ``model.scoring.rule``:
     top ``top_k_fraction``), so image and pixel decisions agree and one hot pixel does not
     decide an image.
 
-``weighted`` (the default)
+``weighted``
     The pixel map is d_N * (d_N / (d_N + d_P)) ** ``defect_weight``: the distance to the
     normal bank, weighted by how much nearer the patch lies to the defect bank than to the
     normal one. It never exceeds d_N, so a normal patch that sits by chance near one defect
-    exemplar cannot become an outlier. bench/select_defaults.py chose it (cross-validation
-    inside the train splits); docs/benchmarks.md has the figures.
+    exemplar cannot become an outlier.
 
-For ``calibrated`` and ``weighted`` the image score is read off the smoothed map by
-``image_score`` (``top_k`` mean or ``max``). With ``single_bank`` (PatchCore) the map is
+``boosted``
+    The pixel map is d_N * max(1, 2 d_N / (d_N + d_P)) ** ``boost_weight``: the normal
+    bank's distance, raised (by up to 2 ** ``boost_weight``) where a patch lies nearer the
+    defect bank than the normal one, and never lowered. A defect unlike every exemplar in M_P
+    (a new kind, or a line whose M_P holds synthetic defects only) scores as PatchCore scores
+    it, so the defect bank can add evidence but not hide an anomaly.
+
+The default, ``auto``, picks among these at fit on held-out training images
+(exdd.detector.selection), and may pool the image score from another rule's map
+(``image_rule``). For the dual rules other than ``reference`` the image score is read off
+the smoothed map by ``image_score`` (``top_k`` mean or ``max``). With ``single_bank`` (PatchCore) the map is
 d_N, pooled the same way, or PatchCore's reweighted s_N with ``image_score: reweighted``.
 """
 
@@ -90,6 +98,7 @@ class MapUpsampler:
     """
 
     def __init__(self, grid: tuple[int, int], out_size: tuple[int, int], sigma: float) -> None:
+        self.out_size = out_size
         self.rows = torch.from_numpy(_axis_operator(grid[0], out_size[0], sigma))
         self.cols_t = torch.from_numpy(_axis_operator(grid[1], out_size[1], sigma).T.copy())
 
@@ -123,7 +132,13 @@ def dual_evidence(d_n: np.ndarray, d_p: np.ndarray, tau_p: float, rule: ScoringS
     if rule.rule == "calibrated":
         return d_n / (d_p + tau_p)
     closeness = d_n / (d_n + d_p + rule.ratio_eps)  # in [0, 1): 1/2 where equidistant
-    return d_n * closeness ** rule.defect_weight
+    if rule.rule == "normal":
+        return d_n
+    if rule.rule == "weighted":
+        return d_n * closeness ** rule.defect_weight
+    if rule.rule == "boosted":
+        return d_n * np.maximum(1.0, 2.0 * closeness) ** rule.boost_weight
+    raise ValueError(f"scoring rule {rule.rule!r} is chosen at fit (exdd.detector.selection)")
 
 
 def pooled(maps: np.ndarray, rule: ScoringSettings) -> np.ndarray:
@@ -159,7 +174,11 @@ class Scorer:
             s_n = self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False)
             s_p = self._reweighted(per_image, -d_p.reshape(n, -1), self.defect, True)
             return s_n / (s_p + rule.ratio_eps), maps
-        return pooled(maps, rule), maps
+        if rule.image_rule == "same":
+            return pooled(maps, rule), maps
+        image_maps = self.upsampler(dual_evidence(d_n, d_p, self.defect.tau,
+                                                  rule.image_settings()).reshape(n, gh, gw))
+        return pooled(image_maps, rule), maps
 
     def _reweighted(self, per_image: np.ndarray, key: np.ndarray, bank: Bank,
                     complement: bool) -> np.ndarray:

@@ -88,7 +88,7 @@ class BankSettings(Section):
     stream_chunk_patches: int = Field(
         1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
     )
-    mask_dilation: int = Field(8, ge=0, description="dilate defect masks by this many pixels "
+    mask_dilation: int = Field(0, ge=0, description="dilate defect masks by this many pixels "
                                                    "(at the input size) before taking M_P cells")
     tau_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="bank distance scale quantile")
     calibration_patches: int = Field(20000, ge=100, description="held-out patches used for tau")
@@ -123,11 +123,17 @@ class ScoringSettings(PredictTimeSection):
     """Distances -> anomaly maps and image scores (exdd.detector.scoring)."""
 
     single_bank: bool = Field(False, description="PatchCore: M_N alone (fit builds no M_P)")
-    rule: Literal["reference", "calibrated", "weighted"] = Field(
-        "weighted", description="dual rule (exdd.detector.scoring); reference = the paper's")
+    rule: Literal["auto", "reference", "calibrated", "weighted", "boosted", "normal"] = Field(
+        "auto", description="dual rule of the anomaly map (exdd.detector.scoring); reference = "
+                            "the paper's; normal = d_N alone; auto = chosen at fit on held-out "
+                            "training images (model.selection)")
+    image_rule: Literal["same", "calibrated", "weighted", "boosted", "normal"] = Field(
+        "same", description="dual rule of the map the image score is pooled from; same = rule's")
     defect_weight: float = Field(
         1.0, ge=0.0, le=4.0, description="weighted rule: d_N x (d_N / (d_N + d_P)) ** this; "
                                          "0 = the normal bank alone")
+    boost_weight: float = Field(
+        2.0, ge=0.0, le=4.0, description="boosted rule: d_N x max(1, 2 d_N / (d_N + d_P)) ** this")
     image_score: Literal["max", "top_k", "reweighted"] = Field(
         "top_k", description="image score from the smoothed map: its max or top-k mean; "
                              "reweighted = PatchCore's eq. 7 (single_bank only)")
@@ -141,7 +147,48 @@ class ScoringSettings(PredictTimeSection):
         if self.image_score == "reweighted" and not self.single_bank:
             raise ValueError("image_score 'reweighted' is PatchCore's single-bank score: set "
                              "single_bank, or use max / top_k")
+        if self.rule == "reference" and self.image_rule != "same":
+            raise ValueError("rule 'reference' has its own image score: image_rule must be "
+                             "'same'")
         return self
+
+    def image_settings(self) -> "ScoringSettings":
+        """The settings the image score's map is made with (``image_rule`` as the rule)."""
+        if self.image_rule == "same":
+            return self
+        return self.model_copy(update={"rule": self.image_rule, "image_rule": "same"})
+
+
+SelectableRule = Literal["normal", "calibrated", "weighted", "boosted"]
+
+
+class SelectionSettings(Section):
+    """How fit chooses the scoring rules when ``scoring.rule`` is ``auto``
+    (exdd.detector.selection): on training images held out of the banks, never a test split.
+
+    No rule is best on every line: suppressing patches far from M_P (``weighted``) wins where
+    the defects repeat, and loses image ranking where they are tiny or new (``boosted``
+    never suppresses). The map's rule is the candidate with the best held-out pixel AUROC,
+    the image score's the one with the best image AUROC.
+    """
+
+    candidates: list[SelectableRule] = Field(
+        default_factory=lambda: ["weighted", "boosted"], min_length=1)
+    fallback: SelectableRule = Field(
+        "normal", description="the map's rule when fit cannot validate: fewer real defect "
+                              "images than min_defect_images (a line with synthetic defects "
+                              "only), or too few normal images. A synthetic M_P knows nothing "
+                              "of where real defects lie: the map is M_N's alone")
+    fallback_image: SelectableRule = Field(
+        "boosted", description="the image score's rule then: boosted lets M_P raise images "
+                               "with defect-like patches and never lowers one")
+    folds: int = Field(3, ge=2, description="folds over the real defect images")
+    normal_images: int = Field(48, ge=2, description="normal images held out of M_N' (at most)")
+    normal_share: float = Field(0.2, gt=0.0, lt=1.0,
+                                description="at most this share of the normal images is held out")
+    defect_images: int = Field(48, ge=2, description="real defect images validated (at most)")
+    min_defect_images: int = Field(3, ge=2, description="fewer real defect images: fallback")
+    pixel_stride: int = Field(4, ge=1, description="pixel AUROC on every n-th pixel per axis")
 
 
 class RuntimeSettings(PredictTimeSection):
@@ -160,6 +207,7 @@ class ModelConfig(Section):
     coreset: CoresetSettings = CoresetSettings()
     search: SearchSettings = SearchSettings()
     scoring: ScoringSettings = ScoringSettings()
+    selection: SelectionSettings = SelectionSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
     def updated(self, **changes: dict[str, Any]) -> ModelConfig:
@@ -196,18 +244,25 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     **{("scoring" if name == "rule" else name): ("scoring", name)
        for name in ScoringSettings.model_fields},
     **{name: ("runtime", name) for name in RuntimeSettings.model_fields},
+    **{f"selection_{name}": ("selection", name) for name in SelectionSettings.model_fields},
 }
+# Settings added after format 1: written only where they differ from their defaults, so a
+# model that does not use them keeps the files (and the hash) it had.
+ADDED_AFTER_V1 = frozenset({"image_rule", "boost_weight"}
+                           | {f"selection_{name}" for name in SelectionSettings.model_fields})
 
 
 def to_flat(model: ModelConfig) -> dict[str, Any]:
     """The flat mapping model.json stores (old key -> value)."""
-    nested = model.model_dump()
+    nested, defaults = model.model_dump(), ModelConfig().model_dump()
     flat = {}
     for key, path in FLAT_KEYS.items():
         value: Any = nested
+        default: Any = defaults
         for part in path:
-            value = value[part]
-        flat[key] = value
+            value, default = value[part], default[part]
+        if key not in ADDED_AFTER_V1 or value != default:
+            flat[key] = value
     return flat
 
 

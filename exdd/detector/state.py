@@ -7,6 +7,7 @@ without knowing the model, so neither module needs the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,8 @@ from exdd.detector.settings import DataConfig, ModelConfig
 class FittedState:
     """The settings a model was fitted with (``data`` with its input size resolved), the
     projection, both banks with their distance scales tau, the patch grid, and the content
-    hashes of the images the banks came from."""
+    hashes of the images the banks came from; ``selection``: what fit measured when it chose
+    the scoring rules (exdd.detector.selection), None when they were given."""
 
     model: ModelConfig
     data: DataConfig
@@ -29,4 +31,5 @@ class FittedState:
     tau_normal: float
     tau_defect: float
     data_hashes: dict[str, str]
+    selection: dict[str, Any] | None = None
     exdd_version: str = __version__  # the exdd that fitted it (a re-save keeps it)

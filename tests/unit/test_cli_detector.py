@@ -213,3 +213,15 @@ def test_garbage_weights_file_is_one_line_without_torch_advice(
                    str(cfg)], capsys)
     assert f"{weights}: cannot read backbone weights" in line
     assert "weights_only" not in line and "re-run" not in line.lower()
+
+
+def test_fit_says_which_scoring_it_chose(setup: tuple[Path, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    data, cfg = setup
+    assert main(["fit", "--data", str(data), "--out", str(tmp_path / "m"), "--params",
+                 str(cfg)]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    chosen = json.loads((tmp_path / "m" / "model.json").read_text())["selection"]
+    assert said.startswith("scoring chosen on 2 normal and 4 defect training images held out: "
+                           f"map {chosen['rule']}, image score ")
+    assert said.endswith(chosen["rule"] if chosen["image_rule"] == "same" else chosen["image_rule"])

@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter
 
 from exdd.detector.index import NearestNeighbourIndex
 from exdd.detector.settings import ScoringSettings, SearchSettings
-from exdd.detector.scoring import Bank, MapUpsampler, Scorer, top_k_mean
+from exdd.detector.scoring import Bank, MapUpsampler, Scorer, dual_evidence, top_k_mean
 
 
 def upsample_then_smooth(patch_map: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
@@ -76,15 +76,25 @@ def test_calibrated_scorer_on_a_batch_matches_its_definition() -> None:
     assert int(np.argmax(scores)) == 1
 
 
-@pytest.mark.parametrize(("power", "pooling"), [(1.0, "max"), (0.5, "top_k"), (0.0, "max")])
-def test_weighted_scorer_matches_its_definition(power: float, pooling: str) -> None:
-    """map = smooth(up(d_N * (d_N / (d_N + d_P)) ** power)), score = max or top-k mean."""
+DEFINITIONS = {  # the bounded dual rules, as docs/benchmarks.md writes them
+    "weighted": lambda d_n, d_p, power: d_n * (d_n / (d_n + d_p)) ** power,
+    "boosted": lambda d_n, d_p, power: d_n * np.maximum(1.0, 2 * d_n / (d_n + d_p)) ** power,
+}
+
+
+@pytest.mark.parametrize(("name", "power", "pooling"), [
+    ("weighted", 1.0, "max"), ("weighted", 0.5, "top_k"), ("weighted", 0.0, "max"),
+    ("boosted", 1.0, "top_k"), ("boosted", 2.0, "max")])
+def test_bounded_dual_scorer_matches_its_definition(name: str, power: float, pooling: str
+                                                    ) -> None:
+    """map = smooth(up(rule(d_N, d_P))), score = max or top-k mean."""
     rng = np.random.default_rng(5)
     normal = rng.normal(size=(300, 16)).astype(np.float32)
     defect = (rng.normal(size=(60, 16)) + 3).astype(np.float32)
     patches = rng.normal(size=(3, 6, 5, 16)).astype(np.float32)
     patches[2, 1:3, 2:4] += 3
-    rule = ScoringSettings(rule="weighted", defect_weight=power, image_score=pooling,
+    rule = ScoringSettings(rule=name, defect_weight=power, boost_weight=power,
+                           image_score=pooling,
                            smoothing_sigma=2.0, top_k_fraction=0.02)
     scorer = Scorer(
         Bank(normal, NearestNeighbourIndex(SearchSettings(use_gpu=False)).fit(normal), 1.0),
@@ -95,7 +105,7 @@ def test_weighted_scorer_matches_its_definition(power: float, pooling: str) -> N
     for img, score, amap in zip(patches, scores, maps):
         flat = img.reshape(-1, 16)
         d_n, d_p = brute_force_nn(flat, normal), brute_force_nn(flat, defect)
-        evidence = d_n * (d_n / (d_n + d_p)) ** power
+        evidence = DEFINITIONS[name](d_n, d_p, power)
         want = upsample_then_smooth(evidence.reshape(6, 5), (24, 20), rule.smoothing_sigma)
         np.testing.assert_allclose(amap, want, rtol=1e-4, atol=1e-5)
         k = max(1, round(0.02 * want.size))
@@ -105,7 +115,41 @@ def test_weighted_scorer_matches_its_definition(power: float, pooling: str) -> N
         assert int(np.argmax(scores)) == 2
 
 
+def test_boosted_rule_never_lowers_the_normal_distance() -> None:
+    """A patch no nearer M_P than M_N (a defect of a kind M_P lacks) keeps PatchCore's d_N;
+    nearer M_P it gains at most 2 ** boost_weight."""
+    rng = np.random.default_rng(7)
+    d_n, d_p = rng.gamma(2.0, 1.0, 1000), rng.gamma(2.0, 1.0, 1000)
+    rule = ScoringSettings(rule="boosted", boost_weight=2.0)
+    evidence = dual_evidence(d_n, d_p, 1.0, rule)
+    far = d_p >= d_n
+    np.testing.assert_allclose(evidence[far], d_n[far])
+    assert np.all(evidence[~far] > d_n[~far]) and np.all(evidence <= 4.0 * d_n)
+
+
 def test_reweighted_image_score_is_single_bank_only() -> None:
     assert ScoringSettings(single_bank=True, image_score="reweighted").image_score == "reweighted"
     with pytest.raises(ValueError, match="single-bank score"):
         ScoringSettings(image_score="reweighted")
+
+
+def test_image_score_from_another_rules_map() -> None:
+    """image_rule: the map is the rule's, the image score is pooled from image_rule's map."""
+    rng = np.random.default_rng(9)
+    normal = rng.normal(size=(200, 8)).astype(np.float32)
+    defect = (rng.normal(size=(40, 8)) + 3).astype(np.float32)
+    patches = rng.normal(size=(4, 5, 5, 8)).astype(np.float32)
+    patches[3, 1:3, 1:3] += 3
+
+    def scorer(rule: ScoringSettings) -> Scorer:
+        index = NearestNeighbourIndex(SearchSettings(use_gpu=False))
+        return Scorer(Bank(normal, index.fit(normal), 1.0),
+                      Bank(defect, NearestNeighbourIndex(SearchSettings(use_gpu=False)).fit(
+                          defect), 1.0), MapUpsampler((5, 5), (20, 20), 2.0), rule)
+
+    mixed = scorer(ScoringSettings(rule="weighted", image_rule="boosted"))(patches)
+    weighted = scorer(ScoringSettings(rule="weighted"))(patches)
+    boosted = scorer(ScoringSettings(rule="boosted"))(patches)
+    np.testing.assert_array_equal(mixed[1], weighted[1])
+    np.testing.assert_array_equal(mixed[0], boosted[0])
+    assert not np.array_equal(weighted[0], boosted[0])

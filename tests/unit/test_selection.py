@@ -1,0 +1,103 @@
+"""Choosing the scoring rules at fit (scoring.rule: auto) on held-out training images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exdd.config import ConfigError, DataConfig, ModelConfig
+from exdd.data.readers import load_samples
+from exdd.detector.model import ExDD
+from exdd.detector.selection import plan
+from exdd.detector.settings import SelectionSettings
+from exdd.errors import ModelError
+
+DATA = DataConfig(image_height=64, image_width=64)
+MODEL = ModelConfig(runtime={"batch_size": 4}, coreset={"normal": 0.1, "defect": 0.5})
+
+
+def test_plan_holds_out_a_share_of_normals_and_folds_the_defects() -> None:
+    settings = SelectionSettings(normal_images=48, normal_share=0.2, defect_images=10, folds=3)
+    held = plan(100, 25, settings, seed=1)
+    assert held is not None
+    assert len(held.normal) == 20 and len(set(held.normal.tolist())) == 20
+    assert sorted(np.bincount(held.folds).tolist()) == [8, 8, 9]
+    assert held.scored.sum() == 10
+    assert sorted(np.bincount(held.folds[held.scored]).tolist()) == [3, 3, 4]  # spread out
+    again = plan(100, 25, settings, seed=1)
+    assert again is not None and (again.normal == held.normal).all()
+    assert (again.folds == held.folds).all()
+    assert len(plan(1000, 25, settings, seed=1).normal) == 48  # capped
+    assert plan(100, 2, settings, seed=1) is None   # too few real defects: fallback
+    assert plan(9, 25, settings, seed=1) is None    # one normal image to spare is none
+
+
+@pytest.fixture(scope="module")
+def train(small_demo: Path) -> list:
+    return load_samples(small_demo, "train")
+
+
+def test_fit_chooses_the_rules_by_held_out_auroc_and_records_them(train: list,
+                                                                  tmp_path: Path) -> None:
+    model = ExDD(MODEL, DATA).fit(train)
+    report = model.state.selection
+    assert report is not None and set(report["candidates"]) == {"weighted", "boosted"}
+    table = report["candidates"]
+    by_pixel = max(MODEL.selection.candidates, key=lambda c: table[c]["pixel_auroc"])
+    by_image = max(MODEL.selection.candidates, key=lambda c: table[c]["image_auroc"])
+    assert model.model.scoring.rule == by_pixel == report["rule"]
+    assert model.model.scoring.image_rule == ("same" if by_image == by_pixel else by_image)
+    assert report["held_out"] == {"normal": 2, "defect": 4}
+    assert model.fit_timings_["selection"] > 0
+    model.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert saved["selection"] == report and saved["model"]["scoring"] == by_pixel
+    assert ExDD.load(tmp_path / "m").state.selection == report
+
+
+def test_a_given_rule_is_kept_and_the_model_files_keep_their_v1_keys(train: list,
+                                                                    tmp_path: Path) -> None:
+    model = ExDD(MODEL.updated(scoring={"rule": "weighted"}), DATA).fit(train)
+    assert model.state.selection is None and model.fit_timings_["selection"] == 0
+    model.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert "selection" not in saved and saved["model"]["scoring"] == "weighted"
+    assert not {k for k in saved["model"] if k.startswith("selection_")}
+    assert "image_rule" not in saved["model"] and "boost_weight" not in saved["model"]
+
+
+def test_a_line_with_synthetic_defects_only_maps_as_patchcore_and_boosts_images(
+        train: list, small_demo: Path) -> None:
+    """No real defect to validate on: the map is M_N's alone (a synthetic M_P cannot say
+    where a real defect lies), the image score lets M_P raise an image, never lower it."""
+    normals = [s for s in train if s.label == 0]
+    synthetic = [s for s in train if s.label == 1]  # stand-ins: they go to M_P only
+    model = ExDD(MODEL, DATA).fit(normals, synthetic)
+    assert (model.model.scoring.rule, model.model.scoring.image_rule) == ("normal", "boosted")
+    assert model.state.selection == {"rule": "normal", "image_rule": "boosted", "fallback": True}
+    single = model.with_predict_settings(scoring={"single_bank": True})
+    paths = [s.image for s in load_samples(small_demo, "test")]
+    dual, patchcore = model.predict(paths), single.predict(paths)
+    assert dual.maps.tobytes() == patchcore.maps.tobytes()
+    assert (dual.scores >= patchcore.scores - 1e-6).all()
+
+
+def test_auto_is_chosen_at_fit_not_at_predict(train: list) -> None:
+    model = ExDD(MODEL, DATA).fit(train)
+    with pytest.raises(ModelError, match="'auto' is chosen at fit"):
+        model.with_predict_settings(scoring={"rule": "auto"})
+    with pytest.raises(ConfigError, match="image_rule must be 'same'"):
+        MODEL.updated(scoring={"rule": "reference", "image_rule": "boosted"})
+
+
+def test_choosing_leaves_the_normal_bank_as_a_given_rule_builds_it(train: list) -> None:
+    """M_N' is cut from M_N, not built instead of it: the model's banks do not depend on
+    whether fit chose the rule."""
+    chosen = ExDD(MODEL, DATA).fit(train)
+    given = ExDD(MODEL.updated(scoring={"rule": "weighted"}), DATA).fit(train)
+    assert chosen.bank_normal_.tobytes() == given.bank_normal_.tobytes()
+    assert chosen.bank_defect_.tobytes() == given.bank_defect_.tobytes()
+    assert chosen.tau_normal_ == given.tau_normal_
