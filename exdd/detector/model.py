@@ -163,10 +163,6 @@ class ExDD:
         h, w = self.data.input_size
         return read_mask(sample.mask, h, w, self.data.mask_threshold, image_path=sample.image)
 
-    def _defect_cells(self, sample: Sample, grid: tuple[int, int]) -> np.ndarray:
-        """Which grid cells of an image lie under its (dilated) defect mask."""
-        return defect_cells(self._mask(sample)[None], grid, self.model.banks.mask_dilation)[0]
-
     # ---------------------------------------------------------------- fit
     def bank_builder(self, fraction: float, min_keep: int = 1) -> BankBuilder:
         """The builder ``fit`` fills for one bank (a subclass may memoise it)."""
@@ -217,12 +213,13 @@ class ExDD:
             per_image: list[np.ndarray] = []
             scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
             for i, (sample, feats) in enumerate(zip(defects, self._iter_images(defects, "defect"))):
-                patches = feats[self._defect_cells(sample, grid)]
+                mask = self._mask(sample)
+                patches = feats[defect_cells(mask[None], grid, self.model.banks.mask_dilation)[0]]
                 defect.add(patches)
                 if held is not None:
                     per_image.append(patches)
                     if i < len(real) and held.scored[i]:
-                        scored[i] = (feats, self._mask(sample))
+                        scored[i] = (feats, mask)
             if defect.seen == 0:
                 raise DataError("defect masks cover no patch: M_P would be empty")
             bank_defect, tau_defect = defect.finish()
@@ -307,7 +304,7 @@ class ExDD:
         model = self.model.updated(**changes)
         if model.scoring.rule == "auto":
             raise ModelError("scoring.rule 'auto' is chosen at fit: a fitted model predicts "
-                             "with a concrete rule (weighted, boosted, calibrated, reference)")
+                             "with a concrete rule (weighted, boosted, normal, calibrated, reference)")
         other = ExDD.from_state(replace(state, model=model))
         if model.runtime.device == self.model.runtime.device:
             other._embedder = self._embedder
