@@ -64,7 +64,8 @@ def real_patches(data: Path, params: Params) -> np.ndarray:
     size = resolve_input_size(params.data, normals, backbone.stride, backbone.min_size,
                               backbone.name).input_size
     projection = random_projection(sum(backbone.channels), features.projection_dim, model.seed)
-    embed = PatchEmbedder(backbone, features.aggregation_kernel, projection, torch.device("cpu"))
+    embed = PatchEmbedder(backbone, features.aggregation_kernel, projection, torch.device("cpu"),
+                          model.with_padding(validated=True).features.aggregation_padding)
     chunks = []
     for start in tqdm(range(0, len(normals), bs), desc="patches", unit="batch"):
         batch = np.stack([read_image(p, *size) for p in normals[start:start + bs]])

@@ -11,13 +11,16 @@ split is cut into ``--folds`` stratified folds. Per fold, M_N is built from the 
 normal images, M_P from the other folds' defect patches, and the held-out fold (its normal
 and defective images, with their masks) is scored by every candidate: single-bank, the
 weighted and boosted dual rules with max or top-k image pooling, and the defect-bank
-settings (coreset fraction with its floor, or all patches; dilated masks or not). Test
-splits are never read.
+settings (coreset fraction with its floor, or all patches; dilated masks or not), each on
+features pooled with either border padding (``features.aggregation_padding``: zeros or
+inside). Test splits are never read.
 
 Selection is minimax regret: a candidate's regret on a data set is how far it trails the
 best candidate there, at image or at pixel level, whichever is worse; the default is the
 eligible candidate whose largest regret over all data sets is smallest (keeping every defect
-patch is measured but not eligible: on a many-defect line it doubles the search). Leave-one-data-set-out
+patch is measured but not eligible: on a many-defect line it doubles the search); the
+single bank's own default is the single-bank candidate picked the same way among the
+single-bank candidates. Leave-one-data-set-out
 shows whether that protocol carries over: the pick made without data set D, scored on D.
 One more candidate is the per-line choice the product makes with ``scoring.rule: auto``
 (``AUTO`` below), read off each data set's own table.
@@ -43,7 +46,7 @@ from sklearn.metrics import roc_auc_score
 
 from exdd.detector.banks import defect_cells
 from exdd.detector.index import NearestNeighbourIndex
-from exdd.config import load_params
+from exdd.config import Params, load_params
 from exdd.data.readers import Sample, load_samples, read_mask
 from exdd.detector.geometry import resolve_input_size
 from exdd.evaluation.metrics import pixel_metrics
@@ -62,6 +65,7 @@ DEFECT_BANKS = {"coreset+floor": None, "all": 10 ** 9}  # None: the config's flo
 # defects (magnetic-tile: 15k defect patches beside a 13.6k M_N), past the throughput budget.
 NOT_ELIGIBLE = "bank=all"
 DILATIONS = (0, 8)  # pixels at the input size: none, or about one stride-8 cell
+PADDINGS = ("zeros", "inside")  # features.aggregation_padding: each candidate under both
 # ``scoring.rule: auto`` (exdd.detector.selection): per data set and bank setting, the map of
 # the candidate with the better pixel AUROC and the image score of the one with the better
 # image AUROC. Read off this table it is optimistic (chosen on the folds it is scored on);
@@ -81,16 +85,20 @@ class Split:
     size: tuple[int, int]
 
 
-FEATURES: dict[Path, np.ndarray] = {}  # per image: shared by the variants that reuse it
-NORMAL_BANKS: dict[tuple[Path, ...], NearestNeighbourIndex] = {}  # M_N per set of normals
+# Per padding and image: shared by the variants that reuse it.
+FEATURES: dict[tuple[str, Path], np.ndarray] = {}
+# M_N per padding and set of normals.
+NORMAL_BANKS: dict[tuple[str, tuple[Path, ...]], NearestNeighbourIndex] = {}
 
 
 def read_split(model: ExDD, samples: list[Sample], threshold: int) -> Split:
-    missing = [s.image for s in samples if s.image not in FEATURES]
+    padding = model.model.features.aggregation_padding
+    missing = [s.image for s in samples if (padding, s.image) not in FEATURES]
     fresh = (f for batch in model.patch_features(missing) for f in batch)
-    FEATURES.update(zip(missing, fresh))
+    FEATURES.update(((padding, p), f) for p, f in zip(missing, fresh))
     h, w = model.data.input_size
-    return Split([s.image for s in samples], np.stack([FEATURES[s.image] for s in samples]),
+    return Split([s.image for s in samples],
+                 np.stack([FEATURES[padding, s.image] for s in samples]),
                  np.array([s.label for s in samples]),
                  np.stack([read_mask(s.mask, h, w, threshold) for s in samples]), (h, w))
 
@@ -120,7 +128,8 @@ def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, model: ExDD
     n, gh, gw, dim = split.feats.shape
     query = np.ascontiguousarray(split.feats[val].reshape(-1, dim), np.float32)
     normals = fit & (split.labels == 0)
-    key = tuple(split.paths[i] for i in np.flatnonzero(normals))
+    key = (cfg.features.aggregation_padding,
+           tuple(split.paths[i] for i in np.flatnonzero(normals)))
     if key not in NORMAL_BANKS:
         NORMAL_BANKS[key] = bank(split.feats[normals].reshape(-1, dim), cfg.coreset.normal, 1,
                                  model)[0]
@@ -167,6 +176,32 @@ def minimax(table: dict[str, dict[str, tuple[float, float]]], names: list[str],
     return pick, regret[pick]
 
 
+def cv_table(name: str, padding: str, params: Params, args: argparse.Namespace
+             ) -> dict[str, tuple[float, float]]:
+    """Every candidate's mean (image, pixel AUROC) over the folds of one data set's train
+    split, with the features pooled under ``padding``; computed once, kept under --cache."""
+    saved = args.cache / "select" / f"{name.replace(':', '_')}_{padding}.json"
+    if saved.exists():  # runs can share them
+        return {c: tuple(v) for c, v in json.loads(saved.read_text()).items()}
+    start = time.perf_counter()
+    train = load_samples(variants.build(name, args.cache), "train")
+    model = ExDD(params.model.updated(features={"aggregation_padding": padding}), params.data)
+    backbone = model.embedder.backbone
+    model.data = resolve_input_size(params.data, [s.image for s in train], backbone.stride,
+                                    backbone.min_size, backbone.name)
+    split = read_split(model, train, params.data.mask_threshold)
+    folds = folds_of(split.labels, args.folds)
+    per_fold = [score_fold(split, folds != k, folds == k, model) for k in range(args.folds)]
+    table = {c: tuple(np.mean([f[c] for f in per_fold], axis=0).tolist()) for c in per_fold[0]}
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(table, indent=1))
+    top = sorted(table.items(), key=lambda kv: -sum(kv[1]))[:5]
+    print(f"{name}, padding {padding}: {len(train)} train images, input "
+          f"{split.size[0]}x{split.size[1]}, {time.perf_counter() - start:.0f}s; best: "
+          + "; ".join(f"{c} {v[0]:.4f}/{v[1]:.4f}" for c, v in top), flush=True)
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", default=list(variants.ALL))
@@ -177,44 +212,26 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    cfg = params.model
     table: dict[str, dict[str, tuple[float, float]]] = {}
-    for name in args.data:
-        saved = args.cache / "select" / f"{name.replace(':', '_')}.json"
-        if saved.exists():  # a data set's CV table is computed once (runs can share them)
-            table[name] = {c: tuple(v) for c, v in json.loads(saved.read_text()).items()}
-            continue
-        start = time.perf_counter()
-        train = load_samples(variants.build(name, args.cache), "train")
-        model = ExDD(cfg, params.data)
-        backbone = model.embedder.backbone
-        model.data = resolve_input_size(params.data, [s.image for s in train], backbone.stride,
-                                        backbone.min_size, backbone.name)
-        split = read_split(model, train, params.data.mask_threshold)
-        folds = folds_of(split.labels, args.folds)
-        per_fold = [score_fold(split, folds != k, folds == k, model)
-                    for k in range(args.folds)]
-        table[name] = {c: tuple(np.mean([f[c] for f in per_fold], axis=0).tolist())
-                       for c in per_fold[0]}
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(table[name], indent=1))
-        top = sorted(table[name].items(), key=lambda kv: -sum(kv[1]))[:5]
-        print(f"{name}: {len(train)} train images, input {split.size[0]}x{split.size[1]}, "
-              f"{time.perf_counter() - start:.0f}s; best: "
-              + "; ".join(f"{c} {v[0]:.4f}/{v[1]:.4f}" for c, v in top), flush=True)
-
+    for name, padding in product(args.data, PADDINGS):
+        table.setdefault(name, {}).update(
+            (f"pad={padding} {c}", v) for c, v in cv_table(name, padding, params, args).items())
     names = list(table)
-    for d, (sizing, dilation) in product(names, product(DEFECT_BANKS, DILATIONS)):
+    for d, padding, sizing, dilation in product(names, PADDINGS, DEFECT_BANKS, DILATIONS):
         bank = f"bank={sizing} dil={dilation} top_k"
-        pair = [table[d][f"{rule} {bank}"] for rule in AUTO]
-        table[d][f"auto: {' or '.join(AUTO)} {bank}"] = (max(v[0] for v in pair),
-                                                         max(v[1] for v in pair))
+        pair = [table[d][f"pad={padding} {rule} {bank}"] for rule in AUTO]
+        table[d][f"pad={padding} auto: {' or '.join(AUTO)} {bank}"] = (
+            max(v[0] for v in pair), max(v[1] for v in pair))
     free_pick, free = minimax(table, names, eligible=False)
     print(f"\nminimax-regret pick among all candidates: {free_pick} "
           f"(worst regret {max(free.values()):.4f})")
     pick, regrets = minimax(table, names)
     print(f"minimax-regret pick over {len(names)} data sets, eligible defaults: {pick} "
           f"(worst regret {max(regrets.values()):.4f})")
+    singles = {d: {c: v for c, v in table[d].items() if " single " in f" {c} "} for d in names}
+    single_pick, single_regrets = minimax(singles, names)
+    print(f"single bank, among its own candidates: {single_pick} "
+          f"(worst regret {max(single_regrets.values()):.4f})")
     print("| data set | pick: image / pixel AUROC (CV in train) | regret | best image | best pixel |")
     print("|---|---|---:|---:|---:|")
     for d in names:

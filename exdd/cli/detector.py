@@ -38,8 +38,10 @@ def _fit(args: argparse.Namespace) -> int:
     model = ExDD(model_cfg, data_cfg).fit(train, synthetic)
     digest = model.save(args.out)
     h, w = model.data.input_size
-    print(f"model {digest[:12]} written to {args.out}: input {h}x{w}, "
-          f"M_N {len(model.bank_normal_)} patches, M_P {len(model.bank_defect_)} patches")
+    print(f"model {digest[:12]} written to {args.out}: input {h}x{w}, feature padding "
+          f"{model.model.features.aggregation_padding}, image pooling "
+          f"{model.model.scoring.pooling}, M_N {len(model.bank_normal_)} patches, "
+          f"M_P {len(model.bank_defect_)} patches")
     chosen = model.state.selection
     if chosen is not None:
         rule = model.model.scoring

@@ -1,7 +1,10 @@
 """Locally aware patch features (PatchCore section 3.1, as ExDD uses them).
 
 Each feature map is averaged over a p x p neighbourhood (so a patch sees its context),
-the deeper map is upsampled to the shallower grid, the two are concatenated and a seeded
+with zeros beyond the map's border as PatchCore's reference code and anomalib pad it (a
+border patch then differs from an inner one, so it is compared with border patches of the
+normal images; ``padding="inside"`` averages the cells inside the map only), the deeper map
+is upsampled to the shallower grid, the two are concatenated and a seeded
 random orthogonal projection brings them to ``projection_dim``. The projection matrix is
 part of the saved model: scoring with another one would compare unrelated spaces.
 """
@@ -39,9 +42,12 @@ class PatchEmbedder:
     """Backbone + aggregation + projection: images (B,3,H,W) -> patches (B, h, w, D)."""
 
     def __init__(self, backbone: Backbone, aggregation_kernel: int, projection: np.ndarray,
-                 device: torch.device) -> None:
+                 device: torch.device, padding: str) -> None:
         self.backbone = backbone.to(device)
         self.kernel = aggregation_kernel
+        if padding not in ("zeros", "inside"):
+            raise ValueError(f"aggregation padding must be zeros or inside, got {padding!r}")
+        self.count_padding = padding == "zeros"
         self.device = device
         self.projection_matrix = projection  # as given: what a saved model stores
         self.projection = torch.from_numpy(projection).to(device)
@@ -58,7 +64,7 @@ class PatchEmbedder:
     def aggregate(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """The backbone's two maps -> projected patch features (B, h, w, D)."""
         pad = self.kernel // 2
-        maps = [F.avg_pool2d(m, self.kernel, stride=1, padding=pad, count_include_pad=False)
+        maps = [F.avg_pool2d(m, self.kernel, stride=1, padding=pad, count_include_pad=self.count_padding)
                 for m in maps]
         grid = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)

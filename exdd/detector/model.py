@@ -118,11 +118,15 @@ class ExDD:
     def embedder(self) -> PatchEmbedder:
         if self._embedder is None:
             features = self.model.features
+            if features.aggregation_padding == "auto":
+                raise ModelError("features.aggregation_padding 'auto' is chosen at fit: "
+                                 "fit the model first, or set zeros or inside")
             backbone = load_backbone(features.backbone, features.backbone_weights)
             projection = self.state.projection if self.state is not None else random_projection(
                 sum(backbone.channels), features.projection_dim, self.model.seed)
             self._embedder = PatchEmbedder(backbone, features.aggregation_kernel, projection,
-                                           resolve_device(self.model.runtime.device))
+                                           resolve_device(self.model.runtime.device),
+                                           features.aggregation_padding)
         return self._embedder
 
     # ---------------------------------------------------------------- images
@@ -181,14 +185,16 @@ class ExDD:
             raise DataError("no defect-free training images: M_N cannot be built")
         if not single_bank and not defects:
             raise DataError("no defect images with masks for M_P (use --single-bank for PatchCore)")
+        auto = self.model.scoring.rule == "auto"
+        held = (plan(len(normals), len(real), self.model.selection, self.model.seed)
+                if auto and not single_bank else None)
+        self.model = self.model.with_padding(validated=not auto or held is not None)
         backbone = self.embedder.backbone
         self.data = resolve_input_size(self.data, [s.image for s in train], backbone.stride,
                                        backbone.min_size, backbone.name)
         grid = self._grid()
         timings = {"features": 0.0, "coreset": 0.0, "indexing": 0.0, "selection": 0.0}
-        coreset, auto = self.model.coreset, self.model.scoring.rule == "auto"
-        held = (plan(len(normals), len(real), self.model.selection, self.model.seed)
-                if auto and not single_bank else None)
+        coreset = self.model.coreset
         out = set() if held is None else set(held.normal.tolist())
         normal = self.bank_builder(coreset.normal)
         clock = time.perf_counter()

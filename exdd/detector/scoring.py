@@ -34,8 +34,10 @@ The rules, chosen by ``model.scoring.rule`` (``normal`` is d_N alone, PatchCore'
 The default, ``auto``, picks among these at fit on held-out training images
 (exdd.detector.selection), and may pool the image score from another rule's map
 (``image_rule``). For the dual rules other than ``reference`` the image score is read off
-the smoothed map by ``image_score`` (``top_k`` mean or ``max``). With ``single_bank`` (PatchCore) the map is
-d_N, pooled the same way, or PatchCore's reweighted s_N with ``image_score: reweighted``.
+the smoothed map by ``image_score`` (``top_k`` mean or ``max``; ``auto``: the max where the
+map is d_N alone, as PatchCore scores an image, the top-k mean of a dual rule's map). With
+``single_bank`` (PatchCore) the map is d_N, pooled the same way, or PatchCore's reweighted
+s_N with ``image_score: reweighted``.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def dual_evidence(d_n: np.ndarray, d_p: np.ndarray, tau_p: float, rule: ScoringS
 
 def pooled(maps: np.ndarray, rule: ScoringSettings) -> np.ndarray:
     """Image scores (n,) read off smoothed maps (n, H, W): their maximum or top-k mean."""
-    if rule.image_score == "max":
+    if rule.pooling == "max":
         return maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)
     return top_k_mean(maps, rule.top_k_fraction)
 
@@ -166,7 +168,7 @@ class Scorer:
         rule = self.rule
         if self.defect is None or d_p is None:
             maps = self.upsampler(d_n.reshape(n, gh, gw))
-            if rule.image_score == "reweighted":
+            if rule.pooling == "reweighted":
                 return self._reweighted(per_image, d_n.reshape(n, -1), self.normal, False), maps
             return pooled(maps, rule), maps
         maps = self.upsampler(dual_evidence(d_n, d_p, self.defect.tau, rule).reshape(n, gh, gw))

@@ -71,6 +71,16 @@ class DataConfig(Section):
         return self.image_height, self.image_width
 
 
+# ``aggregation_padding: auto`` at fit, chosen by bench/select_defaults.py's minimax regret
+# over every data set's train-split CV (docs/benchmarks.md): M_N alone (a single bank, or a
+# dual line with too few real defects to validate its rules, whose map is M_N's) pools as
+# PatchCore does; a dual model whose rules are validated averages the cells inside the map.
+AUTO_PADDING = {"normal_map": "zeros", "dual": "inside"}
+# ``image_score: auto``: the max for a map of M_N alone (PatchCore's), the top-k mean of a
+# dual rule's map; chosen the same way.
+AUTO_POOLING = {"normal_map": "max", "dual": "top_k"}
+
+
 class FeatureSettings(Section):
     """Backbone and locally aware patch features (exdd.detector.features)."""
 
@@ -79,6 +89,9 @@ class FeatureSettings(Section):
         None, description="file path of backbone weights; env EXDD_BACKBONE_WEIGHTS overrides"
     )
     aggregation_kernel: int = Field(3, ge=1, description="neighbourhood (p x p) average pooling")
+    aggregation_padding: Literal["auto", "zeros", "inside"] = Field(
+        "auto", description="border windows average zeros beyond the map (PatchCore's) or "
+                            "only the cells inside it; auto = chosen at fit (AUTO_PADDING)")
     projection_dim: int = Field(128, ge=8)
 
 
@@ -88,7 +101,7 @@ class BankSettings(Section):
     stream_chunk_patches: int = Field(
         1_000_000, ge=1000, description="patch buffer reduced by coreset when full (bounds RAM)"
     )
-    mask_dilation: int = Field(0, ge=0, description="dilate defect masks by this many pixels "
+    mask_dilation: int = Field(8, ge=0, description="dilate defect masks by this many pixels "
                                                    "(at the input size) before taking M_P cells")
     tau_quantile: float = Field(0.5, gt=0.0, lt=1.0, description="bank distance scale quantile")
     calibration_patches: int = Field(20000, ge=100, description="held-out patches used for tau")
@@ -134,9 +147,10 @@ class ScoringSettings(PredictTimeSection):
                                          "0 = the normal bank alone")
     boost_weight: float = Field(
         2.0, ge=0.0, le=4.0, description="boosted rule: d_N x max(1, 2 d_N / (d_N + d_P)) ** this")
-    image_score: Literal["max", "top_k", "reweighted"] = Field(
-        "top_k", description="image score from the smoothed map: its max or top-k mean; "
-                             "reweighted = PatchCore's eq. 7 (single_bank only)")
+    image_score: Literal["auto", "max", "top_k", "reweighted"] = Field(
+        "auto", description="image score from the smoothed map: its max or top-k mean; "
+                            "reweighted = PatchCore's eq. 7 (single_bank only); auto = max "
+                            "for M_N's map alone, top-k for a dual rule's (AUTO_POOLING)")
     knn: int = Field(3, ge=1, description="neighbours for PatchCore reweighting")
     smoothing_sigma: float = Field(4.0, ge=0.0)
     top_k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="pooling for image score")
@@ -151,6 +165,18 @@ class ScoringSettings(PredictTimeSection):
             raise ValueError("rule 'reference' has its own image score: image_rule must be "
                              "'same'")
         return self
+
+    @property
+    def normal_map(self) -> bool:
+        """Whether the anomaly map is M_N's distance alone (a single bank, or rule normal)."""
+        return self.single_bank or self.rule == "normal"
+
+    @property
+    def pooling(self) -> str:
+        """``image_score`` made concrete."""
+        if self.image_score != "auto":
+            return self.image_score
+        return AUTO_POOLING["normal_map" if self.normal_map else "dual"]
 
     def image_settings(self) -> "ScoringSettings":
         """The settings the image score's map is made with (``image_rule`` as the rule)."""
@@ -210,6 +236,14 @@ class ModelConfig(Section):
     selection: SelectionSettings = SelectionSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
+    def with_padding(self, validated: bool) -> ModelConfig:
+        """The settings fit builds with: ``aggregation_padding: auto`` made concrete, from
+        whether the banks serve dual rules validated on real defects (``validated``)."""
+        if self.features.aggregation_padding != "auto":
+            return self
+        mode = "dual" if validated and not self.scoring.single_bank else "normal_map"
+        return self.updated(features={"aggregation_padding": AUTO_PADDING[mode]})
+
     def updated(self, **changes: dict[str, Any]) -> ModelConfig:
         """A validated copy with, per section keyword, those settings of it changed:
         ``cfg.updated(search={"index": "hnsw"})``."""
@@ -246,22 +280,25 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     **{name: ("runtime", name) for name in RuntimeSettings.model_fields},
     **{f"selection_{name}": ("selection", name) for name in SelectionSettings.model_fields},
 }
-# Settings added after format 1: written only where they differ from their defaults, so a
+# Settings added after format 1, each with the value a model.json without it means (how
+# models behaved before the setting existed): written only where they differ from it, so a
 # model that does not use them keeps the files (and the hash) it had.
-ADDED_AFTER_V1 = frozenset({"image_rule", "boost_weight"}
-                           | {f"selection_{name}" for name in SelectionSettings.model_fields})
+ADDED_AFTER_V1: dict[str, Any] = {
+    "image_rule": "same", "boost_weight": ScoringSettings().boost_weight,
+    "aggregation_padding": "inside",
+    **{f"selection_{name}": value for name, value in SelectionSettings().model_dump().items()},
+}
 
 
 def to_flat(model: ModelConfig) -> dict[str, Any]:
     """The flat mapping model.json stores (old key -> value)."""
-    nested, defaults = model.model_dump(), ModelConfig().model_dump()
+    nested = model.model_dump()
     flat = {}
     for key, path in FLAT_KEYS.items():
         value: Any = nested
-        default: Any = defaults
         for part in path:
-            value, default = value[part], default[part]
-        if key not in ADDED_AFTER_V1 or value != default:
+            value = value[part]
+        if key not in ADDED_AFTER_V1 or value != ADDED_AFTER_V1[key]:
             flat[key] = value
     return flat
 
@@ -272,7 +309,8 @@ def from_flat(flat: dict[str, Any]) -> ModelConfig:
     if unknown:
         raise ConfigError(f"unknown model settings {', '.join(unknown)}")
     nested: dict[str, Any] = {}
-    for key, value in flat.items():
+    absent = {key: value for key, value in ADDED_AFTER_V1.items() if key not in flat}
+    for key, value in {**flat, **absent}.items():
         *sections, name = FLAT_KEYS[key]
         target = nested
         for section in sections:

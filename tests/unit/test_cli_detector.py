@@ -220,8 +220,12 @@ def test_fit_says_which_scoring_it_chose(setup: tuple[Path, Path], tmp_path: Pat
     data, cfg = setup
     assert main(["fit", "--data", str(data), "--out", str(tmp_path / "m"), "--params",
                  str(cfg)]) == 0
-    said = capsys.readouterr().out.splitlines()[-1]
+    written, said = capsys.readouterr().out.splitlines()[-2:]
     chosen = json.loads((tmp_path / "m" / "model.json").read_text())["selection"]
     assert said.startswith("scoring chosen on 2 normal and 4 defect training images held out: "
                            f"map {chosen['rule']}, image score ")
     assert said.endswith(chosen["rule"] if chosen["image_rule"] == "same" else chosen["image_rule"])
+    assert "feature padding inside, image pooling top_k" in written  # validated dual rules
+    assert main(["fit", "--data", str(data), "--out", str(tmp_path / "s"), "--params",
+                 str(cfg), "--single-bank"]) == 0
+    assert "feature padding zeros, image pooling max" in capsys.readouterr().out  # PatchCore's

@@ -66,6 +66,8 @@ def test_a_model_saved_before_the_sections_saves_to_the_same_files(tmp_path: Pat
     loaded = ExDD.load(FIXTURE)
     assert loaded.model.search.index == "hnsw" and loaded.model.scoring.rule == "calibrated"
     assert loaded.model.features.projection_dim == 8 and loaded.model.seed == 3
+    # saved before the setting existed: it pools as models did then
+    assert loaded.model.features.aggregation_padding == "inside"
     assert loaded.save(tmp_path / "again") == model_hash(FIXTURE)
     for name in (*CONTENT_FILES, CHECKSUMS):
         assert (tmp_path / "again" / name).read_bytes() == (FIXTURE / name).read_bytes(), name

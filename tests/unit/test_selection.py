@@ -67,6 +67,7 @@ def test_a_given_rule_is_kept_and_the_model_files_keep_their_v1_keys(train: list
     assert "selection" not in saved and saved["model"]["scoring"] == "weighted"
     assert not {k for k in saved["model"] if k.startswith("selection_")}
     assert "image_rule" not in saved["model"] and "boost_weight" not in saved["model"]
+    assert "aggregation_padding" not in saved["model"]  # inside: what a v1 model means
 
 
 def test_a_line_with_synthetic_defects_only_maps_as_patchcore_and_boosts_images(
@@ -78,11 +79,35 @@ def test_a_line_with_synthetic_defects_only_maps_as_patchcore_and_boosts_images(
     model = ExDD(MODEL, DATA).fit(normals, synthetic)
     assert (model.model.scoring.rule, model.model.scoring.image_rule) == ("normal", "boosted")
     assert model.state.selection == {"rule": "normal", "image_rule": "boosted", "fallback": True}
-    single = model.with_predict_settings(scoring={"single_bank": True})
+    # `exdd fit --single-bank` on the same normals: the same M_N, map and pooling
+    single = ExDD(MODEL.updated(scoring={"single_bank": True}), DATA).fit(normals)
+    assert model.bank_normal_.tobytes() == single.bank_normal_.tobytes()
     paths = [s.image for s in load_samples(small_demo, "test")]
     dual, patchcore = model.predict(paths), single.predict(paths)
     assert dual.maps.tobytes() == patchcore.maps.tobytes()
     assert (dual.scores >= patchcore.scores - 1e-6).all()
+    assert (dual.scores > patchcore.scores + 1e-6).any()  # M_P raised some image
+
+
+def test_feature_padding_and_pooling_follow_what_the_banks_serve(train: list,
+                                                                 tmp_path: Path) -> None:
+    """auto: PatchCore's zero padding and max pooling where the map is M_N's alone; a dual
+    model validated on real defects pools inside the map and takes a top-k mean."""
+    with pytest.raises(ModelError, match="chosen at fit"):
+        ExDD(MODEL, DATA).embedder  # noqa: B018
+    dual = ExDD(MODEL, DATA).fit(train)
+    single = ExDD(MODEL.updated(scoring={"single_bank": True}), DATA).fit(train)
+    assert dual.model.features.aggregation_padding == "inside"
+    assert single.model.features.aggregation_padding == "zeros"
+    assert (dual.model.scoring.pooling, single.model.scoring.pooling) == ("top_k", "max")
+    assert not np.array_equal(dual.bank_normal_, single.bank_normal_)
+    single.save(tmp_path / "single")
+    saved = json.loads((tmp_path / "single" / "model.json").read_text())["model"]
+    assert saved["aggregation_padding"] == "zeros" and saved["image_score"] == "auto"
+    loaded = ExDD.load(tmp_path / "single")
+    assert loaded.model.features.aggregation_padding == "zeros"
+    explicit = MODEL.updated(features={"aggregation_padding": "zeros"}, scoring={"rule": "weighted"})
+    assert ExDD(explicit, DATA).fit(train).model.features.aggregation_padding == "zeros"
 
 
 def test_auto_is_chosen_at_fit_not_at_predict(train: list) -> None:
