@@ -117,8 +117,8 @@ class CoresetSettings(Section):
                                 "line with few defects keeps every defect patch")
     projection_dim: int = Field(128, ge=8, description="JL projection used while sampling")
     chunk_size: int = Field(16384, ge=64, description="rows per distance chunk while sampling")
-    max_groups: int = Field(16, ge=1, description="groups compared per coreset step (speed only)")
-    sketch_dim: int = Field(48, ge=1, description="principal axes of the distance lower bound")
+    max_groups: int = Field(32, ge=1, description="groups compared per coreset step (speed only)")
+    sketch_dim: int = Field(32, ge=1, description="principal axes of the distance lower bound")
     sketch_sample: int = Field(20000, ge=100, description="rows used to find those axes")
 
 
