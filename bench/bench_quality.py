@@ -8,9 +8,9 @@ the product's defaults (params.yaml: the input size follows the data), its test 
 scored by the default and by the paper's ``reference`` rule on the same banks, and one fit
 as ``exdd fit --single-bank`` makes it (PatchCore: M_N alone, its own feature padding and
 pooling); ``--synthetic-only`` adds a fit whose M_P holds procedural synthetic defects only
-(a new line with no real defect yet), compared with that single bank. With ``--peer-python`` (the benchmark
-venv of ``make bench-venv``), anomalib's PatchCore runs on the same backbone features and
-input size (bench/peer_anomalib.py). Nothing here chooses a default: that is
+(a new line with no real defect yet), compared with that single bank. With
+``--peer-python`` (the benchmark venv of ``make bench-venv``), anomalib's PatchCore runs on
+the same backbone features and input size (bench/peer_anomalib.py). Nothing here chooses a default: that is
 bench/select_defaults.py's job, on training data only.
 """
 

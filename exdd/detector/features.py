@@ -1,10 +1,11 @@
 """Locally aware patch features (PatchCore section 3.1, as ExDD uses them).
 
-Each feature map is averaged over a p x p neighbourhood (so a patch sees its context),
-with zeros beyond the map's border as PatchCore's reference code and anomalib pad it (a
-border patch then differs from an inner one, so it is compared with border patches of the
-normal images; ``padding="inside"`` averages the cells inside the map only), the deeper map
-is upsampled to the shallower grid, the two are concatenated and a seeded
+Each feature map is averaged over a p x p neighbourhood (so a patch sees its context). At
+the border, ``padding="zeros"`` averages zeros beyond the map as PatchCore's reference code
+and anomalib do (a border patch then differs from an inner one, so it is compared with the
+border patches of the normal images); ``padding="inside"`` averages the cells inside the map
+only. Which one a model uses is chosen at fit (settings.AUTO_PADDING). The deeper map is
+upsampled to the shallower grid, the two are concatenated and a seeded
 random orthogonal projection brings them to ``projection_dim``. The projection matrix is
 part of the saved model: scoring with another one would compare unrelated spaces.
 """
@@ -64,8 +65,8 @@ class PatchEmbedder:
     def aggregate(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """The backbone's two maps -> projected patch features (B, h, w, D)."""
         pad = self.kernel // 2
-        maps = [F.avg_pool2d(m, self.kernel, stride=1, padding=pad, count_include_pad=self.count_padding)
-                for m in maps]
+        maps = [F.avg_pool2d(m, self.kernel, stride=1, padding=pad,
+                             count_include_pad=self.count_padding) for m in maps]
         grid = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
                             for m in maps[1:]]
