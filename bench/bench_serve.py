@@ -41,7 +41,7 @@ from exdd.data.readers import load_samples, read_image
 from exdd.detector.model import ExDD
 from exdd.detector.modelio import model_hash
 from exdd.line.pyfunc import log_pyfunc
-from exdd.line.registry import CHAMPION, Registry
+from exdd.line.registry import CHAMPION, Registry, fluent_store
 from exdd.inference.encoded import check_image, score_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -74,7 +74,8 @@ def champion_line(root: Path, model_dir: Path, threshold: float, example: Path) 
     registry = Registry(params, workspace)
     model = ExDD.load(model_dir)
     rgb = read_image(example, model.data.image_height, model.data.image_width)
-    with mlflow.start_run(experiment_id=registry.experiment_id()) as run:
+    experiment = registry.experiment_id()
+    with fluent_store(registry.uri), mlflow.start_run(experiment_id=experiment) as run:
         uri = log_pyfunc(model_dir, threshold, rgb)
     version = registry.register(uri, run.info.run_id, model_hash(model_dir),
                                 {"threshold": str(threshold)})
@@ -144,7 +145,7 @@ def main() -> None:
     metrics = Path(ARGS.model) / "metrics.json"
     threshold = json.loads(metrics.read_text())["threshold"] if metrics.is_file() else 0.0
     model = ExDD.load(ARGS.model)
-    print(f"{len(paths)} magnetic-tile test images, model input "
+    print(f"{len(paths)} test images of {ARGS.data}, model input "
           f"{model.data.image_height}x{model.data.image_width}, "
           f"batch {model.model.runtime.batch_size}")
     figures: dict[str, dict[str, float]] = {"in_process": in_process(model, paths),
@@ -174,7 +175,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="magnetic-tile split.csv (test split used)")
+    ap.add_argument("--data", required=True, help="data set folder or manifest CSV (its test split is sent)")
     ap.add_argument("--model", required=True, help="model directory (exdd fit)")
     ap.add_argument("--images", type=int, default=64, help="test images used")
     ap.add_argument("--json", help="write the figures here")

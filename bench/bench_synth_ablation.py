@@ -41,36 +41,47 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_ap")
 
 
 class ReplayBuilder:
-    """Stands in for a BankBuilder: a bank from exactly the same patches is built only once."""
+    """Stands in for a BankBuilder: a bank from exactly the same patches (and owners) is
+    built only once."""
 
-    banks: dict[str, tuple[np.ndarray, float]] = {}
+    built: dict[str, tuple[BankBuilder, tuple[np.ndarray, float]]] = {}
 
     def __init__(self, builder: BankBuilder) -> None:
         self.builder = builder
         self.timings = builder.timings
         self.seen = 0
-        self._parts: list[np.ndarray] = []
+        self._parts: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._digest = hashlib.sha256(repr(builder).encode())
 
-    def add(self, feats: np.ndarray) -> None:
+    def add(self, feats: np.ndarray, owners: np.ndarray | None = None) -> None:
         feats = np.ascontiguousarray(feats.reshape(-1, self.builder.dim))
         self._digest.update(feats.tobytes())
-        self._parts.append(feats)
+        if owners is not None:
+            self._digest.update(owners.tobytes())
+        self._parts.append((feats, owners))
         self.seen += len(feats)
 
-    def finish(self) -> tuple[np.ndarray, float]:
+    def _built(self) -> tuple[BankBuilder, tuple[np.ndarray, float]]:
+        """The builder of these patches and its (bank, tau), made once across instances."""
         key = self._digest.hexdigest()
-        if key not in self.banks:
-            for part in self._parts:
-                self.builder.add(part)
-            self.banks[key] = self.builder.finish()
-        return self.banks[key]
+        if key not in self.built:
+            for feats, owners in self._parts:
+                self.builder.add(feats, owners)
+            self.built[key] = self.builder, self.builder.finish()
+        return self.built[key]
+
+    def finish(self) -> tuple[np.ndarray, float]:
+        return self._built()[1]
+
+    @property
+    def owners(self) -> np.ndarray:
+        return self._built()[0].owners
 
 
 class CachedExDD(ExDD):
     """ExDD with per-image patch features and finished banks memoised across instances."""
 
-    features: dict[Path, np.ndarray] = {}
+    features: dict[tuple[str, Path], np.ndarray] = {}  # (feature padding, image)
 
     def bank_builder(self, fraction: float,  # type: ignore[override]
                      min_keep: int = 1) -> ReplayBuilder:
@@ -78,12 +89,13 @@ class CachedExDD(ExDD):
 
     def patch_features(self, paths: Sequence[Path], desc: str = "features"
                        ) -> Iterator[np.ndarray]:
-        missing = [p for p in dict.fromkeys(paths) if p not in self.features]
+        padding = self.model.features.aggregation_padding  # made concrete before features
+        missing = [p for p in dict.fromkeys(paths) if (padding, p) not in self.features]
         fresh = (f for batch in super().patch_features(missing, desc) for f in batch)
-        self.features.update(zip(missing, fresh))
+        self.features.update(((padding, p), f) for p, f in zip(missing, fresh))
         bs = self.model.runtime.batch_size
         for i in range(0, len(paths), bs):
-            yield np.stack([self.features[p] for p in paths[i:i + bs]])
+            yield np.stack([self.features[padding, p] for p in paths[i:i + bs]])
 
 
 def run(name: str, train: list[Sample], synthetic: list[Sample], test: list[Sample],

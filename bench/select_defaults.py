@@ -113,14 +113,6 @@ def folds_of(labels: np.ndarray, k: int) -> np.ndarray:
     return folds
 
 
-def bank(patches: np.ndarray, fraction: float, min_keep: int, model: ExDD
-         ) -> tuple[NearestNeighbourIndex, float]:
-    builder = model.bank_builder(fraction, min_keep)
-    builder.add(patches)
-    vectors, tau = builder.finish()
-    return NearestNeighbourIndex(model.model.search).fit(vectors), tau
-
-
 def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, model: ExDD
                ) -> dict[str, tuple[float, float]]:
     """(image AUROC, pixel AUROC) of every candidate on one held-out fold."""
@@ -131,8 +123,8 @@ def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, model: ExDD
     key = (cfg.features.aggregation_padding,
            tuple(split.paths[i] for i in np.flatnonzero(normals)))
     if key not in NORMAL_BANKS:
-        NORMAL_BANKS[key] = bank(split.feats[normals].reshape(-1, dim), cfg.coreset.normal, 1,
-                                 model)[0]
+        NORMAL_BANKS[key] = model.indexed_bank(split.feats[normals].reshape(-1, dim),
+                                               cfg.coreset.normal)[0]
     d_n = NORMAL_BANKS[key].search(query, 1)[0][:, 0]
     up = MapUpsampler((gh, gw), split.size, cfg.scoring.smoothing_sigma)
     labels, masks = split.labels[val], split.masks[val]
@@ -151,8 +143,8 @@ def score_fold(split: Split, fit: np.ndarray, val: np.ndarray, model: ExDD
     for dilation, (sizing, min_keep) in product(DILATIONS, DEFECT_BANKS.items()):
         cells = defect_cells(split.masks[fit_defects], (gh, gw), dilation)
         patches = split.feats[fit_defects][cells]
-        index, tau = bank(patches, cfg.coreset.defect,
-                          cfg.coreset.defect_min if min_keep is None else min_keep, model)
+        index, tau = model.indexed_bank(
+            patches, cfg.coreset.defect, cfg.coreset.defect_min if min_keep is None else min_keep)
         d_p = index.search(query, 1)[0][:, 0]
         for scoring, weight in RULES[1:]:
             rule = cfg.scoring.model_copy(update={"rule": scoring, "defect_weight": weight,

@@ -4,7 +4,7 @@ Each feature map is averaged over a p x p neighbourhood (so a patch sees its con
 the border, ``padding="zeros"`` averages zeros beyond the map as PatchCore's reference code
 and anomalib do (a border patch then differs from an inner one, so it is compared with the
 border patches of the normal images); ``padding="inside"`` averages the cells inside the map
-only. Which one a model uses is chosen at fit (settings.AUTO_PADDING). The deeper map is
+only. Which one a model uses is chosen at fit (settings.AUTO). The deeper map is
 upsampled to the shallower grid, the two are concatenated and a seeded
 random orthogonal projection brings them to ``projection_dim``. The projection matrix is
 part of the saved model: scoring with another one would compare unrelated spaces.

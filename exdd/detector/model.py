@@ -263,12 +263,18 @@ class ExDD:
         self._scorer = None
         return self
 
-    def _defect_bank(self, patches: np.ndarray) -> tuple[NearestNeighbourIndex, float]:
-        """An M_P' sized as the final M_P, with its search index: for validation folds."""
-        builder = self.bank_builder(self.model.coreset.defect, self.model.coreset.defect_min)
+    def indexed_bank(self, patches: np.ndarray, fraction: float, min_keep: int = 1
+                     ) -> tuple[NearestNeighbourIndex, float]:
+        """A bank of (n, D) ``patches`` as fit builds one, with its search index and tau:
+        what held-out images are scored against (here, and in bench/select_defaults.py)."""
+        builder = self.bank_builder(fraction, min_keep)
         builder.add(patches)
         bank, tau = builder.finish()
         return NearestNeighbourIndex(self.model.search).fit(bank), tau
+
+    def _defect_bank(self, patches: np.ndarray) -> tuple[NearestNeighbourIndex, float]:
+        """An M_P' sized as the final M_P: for validation folds."""
+        return self.indexed_bank(patches, self.model.coreset.defect, self.model.coreset.defect_min)
 
     def _iter_images(self, samples: Sequence[Sample], desc: str) -> Iterator[np.ndarray]:
         for batch in self.patch_features([s.image for s in samples], desc):

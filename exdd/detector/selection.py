@@ -16,7 +16,7 @@ the one with the best image AUROC (``scoring.image_rule`` when they differ). Wit
 defect images than ``min_defect_images`` (a line with synthetic defects only, whose M_P says
 nothing of where real defects lie) fit takes ``fallback`` for the map (``normal``: M_N's,
 as PatchCore's) and ``fallback_image`` for the image score (``boosted``) without validating;
-its features and pooling are then the single bank's too (settings.AUTO_PADDING, AUTO_POOLING).
+its features and pooling are then the single bank's too (settings.AUTO).
 """
 
 from __future__ import annotations

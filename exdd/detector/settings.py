@@ -12,7 +12,7 @@ Pure types with no behaviour beyond validation, so they sit at the bottom of the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -71,14 +71,20 @@ class DataConfig(Section):
         return self.image_height, self.image_width
 
 
-# ``aggregation_padding: auto`` at fit, chosen by bench/select_defaults.py's minimax regret
-# over every data set's train-split CV (docs/benchmarks.md): M_N alone (a single bank, or a
-# dual line with too few real defects to validate its rules, whose map is M_N's) pools as
-# PatchCore does; a dual model whose rules are validated averages the cells inside the map.
-AUTO_PADDING = {"normal_map": "zeros", "dual": "inside"}
-# ``image_score: auto``: the max for a map of M_N alone (PatchCore's), the top-k mean of a
-# dual rule's map; chosen the same way.
-AUTO_POOLING = {"normal_map": "max", "dual": "top_k"}
+class AutoChoice(NamedTuple):
+    """What ``aggregation_padding: auto`` and ``image_score: auto`` become."""
+
+    padding: str
+    pooling: str
+
+
+# Per kind of anomaly map, chosen by bench/select_defaults.py's minimax regret over every
+# data set's train-split CV (docs/benchmarks.md): a map of M_N alone (a single bank, rule
+# normal, or a dual line with too few real defects to validate its rules) pools features and
+# image scores as PatchCore does; a dual rule's map averages the cells inside the map and
+# takes the top-k mean.
+AUTO = {"normal_map": AutoChoice(padding="zeros", pooling="max"),
+        "dual": AutoChoice(padding="inside", pooling="top_k")}
 
 
 class FeatureSettings(Section):
@@ -91,7 +97,7 @@ class FeatureSettings(Section):
     aggregation_kernel: int = Field(3, ge=1, description="neighbourhood (p x p) average pooling")
     aggregation_padding: Literal["auto", "zeros", "inside"] = Field(
         "auto", description="border windows average zeros beyond the map (PatchCore's) or "
-                            "only the cells inside it; auto = chosen at fit (AUTO_PADDING)")
+                            "only the cells inside it; auto = chosen at fit (AUTO)")
     projection_dim: int = Field(128, ge=8)
 
 
@@ -150,7 +156,7 @@ class ScoringSettings(PredictTimeSection):
     image_score: Literal["auto", "max", "top_k", "reweighted"] = Field(
         "auto", description="image score from the smoothed map: its max or top-k mean; "
                             "reweighted = PatchCore's eq. 7 (single_bank only); auto = max "
-                            "for M_N's map alone, top-k for a dual rule's (AUTO_POOLING)")
+                            "for M_N's map alone, top-k for a dual rule's (AUTO)")
     knn: int = Field(3, ge=1, description="neighbours for PatchCore reweighting")
     smoothing_sigma: float = Field(4.0, ge=0.0)
     top_k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="pooling for image score")
@@ -172,11 +178,14 @@ class ScoringSettings(PredictTimeSection):
         return self.single_bank or self.rule == "normal"
 
     @property
+    def auto(self) -> AutoChoice:
+        """What the ``auto`` settings become for this kind of map."""
+        return AUTO["normal_map" if self.normal_map else "dual"]
+
+    @property
     def pooling(self) -> str:
         """``image_score`` made concrete."""
-        if self.image_score != "auto":
-            return self.image_score
-        return AUTO_POOLING["normal_map" if self.normal_map else "dual"]
+        return self.auto.pooling if self.image_score == "auto" else self.image_score
 
     def image_settings(self) -> "ScoringSettings":
         """The settings the image score's map is made with (``image_rule`` as the rule)."""
@@ -237,12 +246,14 @@ class ModelConfig(Section):
     runtime: RuntimeSettings = RuntimeSettings()
 
     def with_padding(self, validated: bool) -> ModelConfig:
-        """The settings fit builds with: ``aggregation_padding: auto`` made concrete, from
-        whether the banks serve dual rules validated on real defects (``validated``)."""
+        """The settings fit builds with: ``aggregation_padding: auto`` made concrete for the
+        map the banks serve: the rule's, or the fallback's when fit cannot validate the rules
+        on real defects (``validated`` false)."""
         if self.features.aggregation_padding != "auto":
             return self
-        mode = "dual" if validated and not self.scoring.single_bank else "normal_map"
-        return self.updated(features={"aggregation_padding": AUTO_PADDING[mode]})
+        scoring = (self.scoring if validated
+                   else self.scoring.model_copy(update={"rule": self.selection.fallback}))
+        return self.updated(features={"aggregation_padding": scoring.auto.padding})
 
     def updated(self, **changes: dict[str, Any]) -> ModelConfig:
         """A validated copy with, per section keyword, those settings of it changed:

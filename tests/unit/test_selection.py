@@ -108,6 +108,10 @@ def test_feature_padding_and_pooling_follow_what_the_banks_serve(train: list,
     assert loaded.model.features.aggregation_padding == "zeros"
     explicit = MODEL.updated(features={"aggregation_padding": "zeros"}, scoring={"rule": "weighted"})
     assert ExDD(explicit, DATA).fit(train).model.features.aggregation_padding == "zeros"
+    normal = ExDD(MODEL.updated(scoring={"rule": "normal"}), DATA).fit(train).model  # M_N's map
+    assert (normal.features.aggregation_padding, normal.scoring.pooling) == ("zeros", "max")
+    weighted = ExDD(MODEL.updated(scoring={"rule": "weighted"}), DATA).fit(train).model
+    assert (weighted.features.aggregation_padding, weighted.scoring.pooling) == ("inside", "top_k")
 
 
 def test_auto_is_chosen_at_fit_not_at_predict(train: list) -> None:
