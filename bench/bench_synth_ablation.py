@@ -6,7 +6,10 @@ Rows: the train split (normal images -> M_N, real defects -> M_P) plus the first
 procedural synthetic set (N = 0, 25, 50, 100, 200), then the few-defect line's situation:
 normal training images only, with synthetic defects as the sole source of M_P. The synthetic
 set is generated once (largest N) from the train split's defect-free images, so each row's
-samples contain the previous row's. All rows are scored on the same test split.
+samples contain the previous row's. All rows are scored on the same test split. With real
+defects to validate on, fit itself decides whether M_P keeps the synthetic ones
+(``selection.synthetic``); the table says what it chose (``--params`` with ``synthetic:
+keep`` gives the rows as they were before that choice).
 
 Every row re-fits the detector, but an image's backbone features do not depend on the banks
 and M_N (the slow coreset) is the same in every row, so ``CachedExDD`` computes features once
@@ -103,10 +106,14 @@ def run(name: str, train: list[Sample], synthetic: list[Sample], test: list[Samp
     start = time.perf_counter()
     model = CachedExDD(model_cfg, data_cfg).fit(train, synthetic)
     metrics = evaluate(model, test)
+    chosen = (model.state.selection or {}).get("synthetic")
+    in_m_p = ("-" if not synthetic else "kept" if chosen is None or chosen["kept"]
+              else "left out")  # fit's held-out choice (selection.synthetic)
     row = {"name": name, "real_defects": sum(s.label for s in train), "synthetic": len(synthetic),
+           "in_m_p": in_m_p, "rule": model.model.scoring.rule,
            "seconds": time.perf_counter() - start, **{k: metrics[k] for k in KEYS}}
     print(f"{name:<22} " + "  ".join(f"{k} {row[k]:.4f}" for k in KEYS)
-          + f"  ({row['seconds']:.0f}s)", flush=True)
+          + f"  synthetic {in_m_p}, rule {row['rule']} ({row['seconds']:.0f}s)", flush=True)
     return row
 
 
@@ -146,11 +153,11 @@ def main() -> None:
             rows.append(run(f"{n} synthetic only", normals, synthetic[:n], test, model_cfg,
                             data_cfg))
 
-    print(f"\n| M_P | real defects | synthetic | {' | '.join(KEYS)} |")
-    print("|---|---:|---:|" + "---:|" * len(KEYS))
+    print(f"\n| M_P | real defects | synthetic | synthetic in M_P | map rule | {' | '.join(KEYS)} |")
+    print("|---|---:|---:|---|---|" + "---:|" * len(KEYS))
     for r in rows:
-        print(f"| {r['name']} | {r['real_defects']} | {r['synthetic']} | "
-              + " | ".join(f"{r[k]:.4f}" for k in KEYS) + " |")
+        print(f"| {r['name']} | {r['real_defects']} | {r['synthetic']} | {r['in_m_p']} | "
+              f"{r['rule']} | " + " | ".join(f"{r[k]:.4f}" for k in KEYS) + " |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, default=float))
 

@@ -48,8 +48,11 @@ def _fit(args: argparse.Namespace) -> int:
         how = ("no real defects to validate on" if chosen.get("fallback") else
                "on {normal} normal and {defect} defect training images held out".format(
                    **chosen["held_out"]))
+        synthetic = chosen.get("synthetic")
+        kept = ("" if synthetic is None else "; M_P keeps the synthetic defects"
+                if synthetic["kept"] else "; M_P leaves the synthetic defects out")
         print(f"scoring chosen {how}: map {rule.rule}, image score "
-              f"{rule.rule if rule.image_rule == 'same' else rule.image_rule}")
+              f"{rule.rule if rule.image_rule == 'same' else rule.image_rule}{kept}")
     return 0
 
 

@@ -176,7 +176,8 @@ class ExDD:
 
     def fit(self, train: Sequence[Sample], synthetic: Sequence[Sample] = ()) -> "ExDD":
         """Build M_N from normal images and M_P from patches under defect masks; with
-        ``scoring.rule: auto``, choose the scoring rules on held-out training images."""
+        ``scoring.rule: auto``, choose the scoring rules (and whether M_P keeps the
+        ``synthetic`` defects) on held-out training images."""
         normals = [s for s in train if s.label == 0]
         real = [s for s in train if s.label == 1 and s.mask is not None]
         defects = real + list(synthetic)
@@ -237,6 +238,8 @@ class ExDD:
                                 MapUpsampler(grid, self.data.input_size,
                                              self.model.scoring.smoothing_sigma),
                                 self.model.scoring, self.model.selection)
+                if not choice.keep_synthetic:  # M_P of the real defects alone
+                    bank_defect, tau_defect = self._defect_builder(per_image[:len(real)]).finish()
                 timings["selection"] = time.perf_counter() - start
         if auto:
             sel = self.model.selection
@@ -275,6 +278,13 @@ class ExDD:
     def _defect_bank(self, patches: np.ndarray) -> tuple[NearestNeighbourIndex, float]:
         """An M_P' sized as the final M_P: for validation folds."""
         return self.indexed_bank(patches, self.model.coreset.defect, self.model.coreset.defect_min)
+
+    def _defect_builder(self, patches: Sequence[np.ndarray]) -> BankBuilder:
+        """M_P's builder, filled with ``patches``."""
+        builder = self.bank_builder(self.model.coreset.defect, self.model.coreset.defect_min)
+        for p in patches:
+            builder.add(p)
+        return builder
 
     def _iter_images(self, samples: Sequence[Sample], desc: str) -> Iterator[np.ndarray]:
         for batch in self.patch_features([s.image for s in samples], desc):

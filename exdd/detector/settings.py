@@ -224,6 +224,9 @@ class SelectionSettings(Section):
     defect_images: int = Field(48, ge=2, description="real defect images validated (at most)")
     min_defect_images: int = Field(3, ge=2, description="fewer real defect images: fallback")
     pixel_stride: int = Field(4, ge=1, description="pixel AUROC on every n-th pixel per axis")
+    synthetic: Literal["choose", "keep"] = Field(
+        "choose", description="choose: M_P keeps the synthetic defects only where the held-out "
+                              "real defects favour them; keep: always")
 
 
 class RuntimeSettings(PredictTimeSection):

@@ -215,6 +215,21 @@ def test_garbage_weights_file_is_one_line_without_torch_advice(
     assert "weights_only" not in line and "re-run" not in line.lower()
 
 
+def test_fit_with_synthetic_defects_says_whether_m_p_keeps_them(
+        setup: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, cfg = setup
+    synthetic = tmp_path / "synthetic"
+    assert main(["synthesize", "--data", str(data), "--out", str(synthetic), "--backend",
+                 "procedural", "--count", "6", "--params", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["fit", "--data", str(data), "--synthetic", str(synthetic), "--out",
+                 str(tmp_path / "m"), "--params", str(cfg)]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    kept = json.loads((tmp_path / "m" / "model.json").read_text())["selection"]["synthetic"]["kept"]
+    assert said.endswith("; M_P keeps the synthetic defects" if kept
+                         else "; M_P leaves the synthetic defects out")
+
+
 def test_fit_says_which_scoring_it_chose(setup: tuple[Path, Path], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     data, cfg = setup

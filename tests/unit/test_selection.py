@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from exdd.config import ConfigError, DataConfig, ModelConfig
-from exdd.data.readers import load_samples
+from exdd.config import ConfigError, DataConfig, ModelConfig, SynthConfig
+from exdd.data.readers import Sample, load_samples
+from exdd.data.synth import synthesize
 from exdd.detector.model import ExDD
 from exdd.detector.selection import plan
 from exdd.detector.settings import SelectionSettings
@@ -56,6 +58,51 @@ def test_fit_chooses_the_rules_by_held_out_auroc_and_records_them(train: list,
     saved = json.loads((tmp_path / "m" / "model.json").read_text())
     assert saved["selection"] == report and saved["model"]["scoring"] == by_pixel
     assert ExDD.load(tmp_path / "m").state.selection == report
+
+
+def test_synthetic_defects_stay_in_m_p_only_where_the_held_out_real_ones_favour_them(
+        train: list, small_demo: Path, tmp_path: Path) -> None:
+    """Each candidate is scored with M_P' with and without the synthetic defects; the M_P of
+    least regret is the model's: the same bank as a fit that keeps them, or as one without."""
+    synthetic = load_samples(synthesize(small_demo, tmp_path / "synthetic", SynthConfig(), DATA,
+                                        backend="procedural", count=6, seed=0))
+    model = ExDD(MODEL, DATA).fit(train, synthetic)
+    report = model.state.selection
+    tables = {"with": report["candidates"], "real_only": report["synthetic"]["real_only_candidates"]}
+    best = {k: [max(v[m] for v in t.values()) for m in ("image_auroc", "pixel_auroc")]
+            for k, t in tables.items()}
+    regret = {k: max(max(b[m] for b in best.values()) - best[k][m] for m in (0, 1))
+              for k in best}
+    kept = report["synthetic"]["kept"]
+    assert regret["with" if kept else "real_only"] == min(regret.values())
+    if not kept:  # the table the rules came from is the real-only one
+        report_table = report["synthetic"]["real_only_candidates"]
+        assert max(report_table, key=lambda c: report_table[c]["pixel_auroc"]) == report["rule"]
+    keep = ExDD(MODEL.updated(selection={"synthetic": "keep"}), DATA).fit(train, synthetic)
+    assert "synthetic" not in keep.state.selection
+    real = ExDD(MODEL, DATA).fit(train)
+    assert "synthetic" not in real.state.selection
+    expected = keep if kept else real
+    assert model.bank_defect_.tobytes() == expected.bank_defect_.tobytes()
+    assert model.tau_defect_ == expected.tau_defect_
+    assert model.bank_normal_.tobytes() == real.bank_normal_.tobytes()
+
+
+def test_synthetic_defects_that_are_normal_surface_are_left_out(train: list,
+                                                                 tmp_path: Path) -> None:
+    """A synthetic set whose masks cover defect-free surface puts normal patches into M_P;
+    the held-out real defects show the cost and fit leaves the set out."""
+    normals = [s for s in train if s.label == 0]
+    h, w = np.asarray(Image.open(normals[0].image)).shape[:2]
+    mask = tmp_path / "everywhere.png"
+    Image.fromarray(np.full((h, w), 255, np.uint8)).save(mask)
+    bad = [Sample(s.image, mask, 1, "train") for s in normals]
+    model = ExDD(MODEL, DATA).fit(train, bad)
+    assert model.state.selection["synthetic"]["kept"] is False
+    real = ExDD(MODEL, DATA).fit(train)
+    assert model.bank_defect_.tobytes() == real.bank_defect_.tobytes()
+    kept = ExDD(MODEL.updated(selection={"synthetic": "keep"}), DATA).fit(train, bad)
+    assert len(kept.bank_defect_) > len(model.bank_defect_)
 
 
 def test_a_given_rule_is_kept_and_the_model_files_keep_their_v1_keys(train: list,
