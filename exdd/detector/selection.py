@@ -57,26 +57,33 @@ Table = dict[str, tuple[float, float]]  # candidate -> (image AUROC, pixel AUROC
 @dataclass(frozen=True)
 class Choice:
     """The rules fit chose, whether M_P keeps the synthetic defects, and the held-out
-    figures they were chosen on (``real_only``: the candidates with M_P' of the real defects
-    alone, when there were synthetic ones to leave out)."""
+    figures they were chosen on: ``tables`` per M_P' (``with`` the synthetic defects, and
+    ``real_only`` when there were some to leave out)."""
 
     rule: str
     image_rule: str
-    table: Table
+    tables: dict[str, Table]
     normal_images: int
     defect_images: int
-    real_only: Table | None = None
-    keep_synthetic: bool = True
+
+    @property
+    def keep_synthetic(self) -> bool:
+        return self.source == "with"
+
+    @property
+    def source(self) -> str:
+        return least_regret(self.tables)
 
     def report(self) -> dict[str, object]:
         """What model.json records of the choice."""
         out: dict[str, object] = {
             "rule": self.rule, "image_rule": self.image_rule,
             "held_out": {"normal": self.normal_images, "defect": self.defect_images},
-            "candidates": _rounded(self.table)}
-        if self.real_only is not None:
+            "candidates": _rounded(self.tables[self.source])}
+        if len(self.tables) > 1:
             out["synthetic"] = {"kept": self.keep_synthetic,
-                                "real_only_candidates": _rounded(self.real_only)}
+                                **{f"{src}_candidates": _rounded(t)
+                                   for src, t in self.tables.items()}}
         return out
 
 
@@ -145,12 +152,10 @@ def choose(held: HeldOut, normal_index: NearestNeighbourIndex, held_normals: np.
                 results[src][c].append((image, pixel))
     tables = {src: {c: (float(np.mean([r[0] for r in v])), float(np.nanmean([r[1] for r in v])))
                     for c, v in by_rule.items()} for src, by_rule in results.items()}
-    source = least_regret(tables)
-    table = tables[source]
+    table = tables[least_regret(tables)]
     rule = max(settings.candidates, key=lambda c: table[c][1])  # first of equals
     image = max(settings.candidates, key=lambda c: table[c][0])
-    return Choice(rule, "same" if image == rule else image, table, n, len(scored),
-                  tables.get("real_only"), source == "with")
+    return Choice(rule, "same" if image == rule else image, tables, n, len(scored))
 
 
 def least_regret(tables: dict[str, Table]) -> str:

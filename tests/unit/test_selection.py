@@ -68,16 +68,16 @@ def test_synthetic_defects_stay_in_m_p_only_where_the_held_out_real_ones_favour_
                                         backend="procedural", count=6, seed=0))
     model = ExDD(MODEL, DATA).fit(train, synthetic)
     report = model.state.selection
-    tables = {"with": report["candidates"], "real_only": report["synthetic"]["real_only_candidates"]}
+    tables = {k: report["synthetic"][f"{k}_candidates"] for k in ("with", "real_only")}
     best = {k: [max(v[m] for v in t.values()) for m in ("image_auroc", "pixel_auroc")]
             for k, t in tables.items()}
     regret = {k: max(max(b[m] for b in best.values()) - best[k][m] for m in (0, 1))
               for k in best}
     kept = report["synthetic"]["kept"]
     assert regret["with" if kept else "real_only"] == min(regret.values())
-    if not kept:  # the table the rules came from is the real-only one
-        report_table = report["synthetic"]["real_only_candidates"]
-        assert max(report_table, key=lambda c: report_table[c]["pixel_auroc"]) == report["rule"]
+    chosen = tables["with" if kept else "real_only"]  # the rules come from the chosen M_P'
+    assert report["candidates"] == chosen
+    assert max(chosen, key=lambda c: chosen[c]["pixel_auroc"]) == report["rule"]
     keep = ExDD(MODEL.updated(selection={"synthetic": "keep"}), DATA).fit(train, synthetic)
     assert "synthetic" not in keep.state.selection
     real = ExDD(MODEL, DATA).fit(train)
