@@ -229,8 +229,6 @@ class ExDD:
                         scored[i] = (feats, mask)
             if defect.seen == 0:
                 raise DataError("defect masks cover no patch: M_P would be empty")
-            bank_defect, tau_defect = defect.finish()
-            builders = [normal, defect]
             if held is not None:
                 start = time.perf_counter()
                 choice = choose(held, normal_index, np.stack(held_normals), per_image[:len(real)],
@@ -238,9 +236,12 @@ class ExDD:
                                 MapUpsampler(grid, self.data.input_size,
                                              self.model.scoring.smoothing_sigma),
                                 self.model.scoring, self.model.selection)
-                if not choice.keep_synthetic:  # M_P of the real defects alone
-                    bank_defect, tau_defect = self._defect_builder(per_image[:len(real)]).finish()
                 timings["selection"] = time.perf_counter() - start
+                if not choice.keep_synthetic:  # M_P of the real defects alone
+                    defect = self.bank_builder(coreset.defect, coreset.defect_min)
+                    defect.add(np.concatenate(per_image[:len(real)]))
+            bank_defect, tau_defect = defect.finish()
+            builders = [normal, defect]
         if auto:
             sel = self.model.selection
             rule, image = ((sel.fallback, sel.fallback_image) if choice is None
@@ -278,13 +279,6 @@ class ExDD:
     def _defect_bank(self, patches: np.ndarray) -> tuple[NearestNeighbourIndex, float]:
         """An M_P' sized as the final M_P: for validation folds."""
         return self.indexed_bank(patches, self.model.coreset.defect, self.model.coreset.defect_min)
-
-    def _defect_builder(self, patches: Sequence[np.ndarray]) -> BankBuilder:
-        """M_P's builder, filled with ``patches``."""
-        builder = self.bank_builder(self.model.coreset.defect, self.model.coreset.defect_min)
-        for p in patches:
-            builder.add(p)
-        return builder
 
     def _iter_images(self, samples: Sequence[Sample], desc: str) -> Iterator[np.ndarray]:
         for batch in self.patch_features([s.image for s in samples], desc):
